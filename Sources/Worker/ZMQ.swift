@@ -1,0 +1,11 @@
+// ZMQ: thin Swift helpers over libzmq used by the broker and workers.
+import CZmq
+
+public enum ZMQ {
+    /// The linked libzmq's version, e.g. "4.3.4".
+    public static var version: String {
+        var major: Int32 = 0, minor: Int32 = 0, patch: Int32 = 0
+        zmq_version(&major, &minor, &patch)
+        return "\(major).\(minor).\(patch)"
+    }
+}
