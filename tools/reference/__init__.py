@@ -1,0 +1,1 @@
+"""PyTorch reference implementations used to generate golden fixtures and to train the default model."""
