@@ -1,0 +1,373 @@
+// NAFNet: AutoDIR's structure-correction module (SCM), NAFNet (Chen et al. 2022) as in the AutoDIR reference.
+//
+// Input [N, img_channel, H, W] (for AutoDIR: the degraded image and the AIR output, 6 channels);
+// output [N, out_channel, H, W] = NAFNet residual · scm_weight + the last out_channel input channels.
+// Any H, W: the input is zero-padded right/bottom to a multiple of 2^levels and the output cropped back.
+import Foundation
+
+/// `scm/config.json`; keys as in the reference constructor. Defaults are the full AutoDIR SCM (≈116 M parameters).
+public struct NAFNetConfig: Codable, Sendable, Equatable {
+    public var imgChannel = 6
+    public var outChannel = 3
+    public var width = 64
+    public var encBlkNums = [2, 2, 4, 8]
+    public var middleBlkNum = 12
+    public var decBlkNums = [2, 2, 2, 2]
+
+    enum CodingKeys: String, CodingKey {
+        case imgChannel = "img_channel", outChannel = "out_channel", width
+        case encBlkNums = "enc_blk_nums", middleBlkNum = "middle_blk_num", decBlkNums = "dec_blk_nums"
+    }
+
+    public init() {}
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = NAFNetConfig()
+        imgChannel = try c.decodeIfPresent(Int.self, forKey: .imgChannel) ?? d.imgChannel
+        outChannel = try c.decodeIfPresent(Int.self, forKey: .outChannel) ?? d.outChannel
+        width = try c.decodeIfPresent(Int.self, forKey: .width) ?? d.width
+        encBlkNums = try c.decodeIfPresent([Int].self, forKey: .encBlkNums) ?? d.encBlkNums
+        middleBlkNum = try c.decodeIfPresent(Int.self, forKey: .middleBlkNum) ?? d.middleBlkNum
+        decBlkNums = try c.decodeIfPresent([Int].self, forKey: .decBlkNums) ?? d.decBlkNums
+    }
+
+    /// Reads and validates a `config.json`.
+    public static func load(path: String) throws -> NAFNetConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw EngineError.io("cannot read NAFNet config \(path)")
+        }
+        let config: NAFNetConfig
+        do { config = try JSONDecoder().decode(NAFNetConfig.self, from: data) } catch {
+            throw EngineError.format("NAFNet config \(path): \(error)")
+        }
+        try config.validate()
+        return config
+    }
+
+    public func validate() throws {
+        guard imgChannel > 0, outChannel > 0, outChannel <= imgChannel, width > 0, width <= 4096,
+              !encBlkNums.isEmpty, encBlkNums.count <= 8, encBlkNums.count == decBlkNums.count,
+              middleBlkNum >= 0, (encBlkNums + decBlkNums).allSatisfy({ $0 >= 0 && $0 <= 256 }) else {
+            throw EngineError.format("NAFNet config out of range: \(self)")
+        }
+    }
+}
+
+/// One NAFBlock with its LayerNorm2d affines, β and γ folded into the 1×1 convolutions at load time:
+/// `x = conv1(LN(inp)); x = dw3×3(x); x = a·b; x = x · sca(x); y = inp + β·conv3(x);`
+/// `out = y + γ·conv5(SimpleGate(conv4(LN(y))))`.
+struct NAFBlock: Sendable {
+    let c: Int
+    let w1: Tensor, b1: Tensor        // [2c, c], [2c]: conv1 ∘ norm1 affine
+    let dwWeight: Tensor, dwBias: Tensor  // [2c, 3, 3], [2c]: conv2 (depthwise)
+    let scaWeight: Tensor, scaBias: Tensor  // [c, c], [c]: sca.1
+    let w3: Tensor, b3: Tensor        // [c, c], [c]: β · conv3
+    let w4: Tensor, b4: Tensor        // [2c, c], [2c]: conv4 ∘ norm2 affine
+    let w5: Tensor, b5: Tensor        // [c, c], [c]: γ · conv5
+
+    init(_ w: WeightLoader, channels c: Int) throws {
+        self.c = c
+        let d = 2 * c
+        let norm1 = (try w.tensor("norm1.weight", shape: [c]), try w.tensor("norm1.bias", shape: [c]))
+        let norm2 = (try w.tensor("norm2.weight", shape: [c]), try w.tensor("norm2.bias", shape: [c]))
+        let beta = try w.tensor("beta", shape: [1, c, 1, 1]), gamma = try w.tensor("gamma", shape: [1, c, 1, 1])
+        (w1, b1) = NAFBlock.foldNorm(weight: try w.tensor("conv1.weight", shape: [d, c, 1, 1]),
+                                     bias: try w.tensor("conv1.bias", shape: [d]), norm: norm1, outChannels: d, inChannels: c)
+        dwWeight = try w.tensor("conv2.weight", shape: [d, 1, 3, 3]).copy()
+        dwBias = try w.tensor("conv2.bias", shape: [d]).copy()
+        scaWeight = try w.tensor("sca.1.weight", shape: [c, c, 1, 1]).copy()
+        scaBias = try w.tensor("sca.1.bias", shape: [c]).copy()
+        (w3, b3) = NAFBlock.scaleRows(weight: try w.tensor("conv3.weight", shape: [c, c, 1, 1]),
+                                      bias: try w.tensor("conv3.bias", shape: [c]), by: beta, outChannels: c, inChannels: c)
+        (w4, b4) = NAFBlock.foldNorm(weight: try w.tensor("conv4.weight", shape: [d, c, 1, 1]),
+                                     bias: try w.tensor("conv4.bias", shape: [d]), norm: norm2, outChannels: d, inChannels: c)
+        (w5, b5) = NAFBlock.scaleRows(weight: try w.tensor("conv5.weight", shape: [c, c, 1, 1]),
+                                      bias: try w.tensor("conv5.bias", shape: [c]), by: gamma, outChannels: c, inChannels: c)
+    }
+
+    /// conv(g ⊙ x̂ + b) = (W·diag(g)) x̂ + (W b + bias).
+    static func foldNorm(weight: Tensor, bias: Tensor, norm: (Tensor, Tensor), outChannels o: Int, inChannels i: Int)
+        -> (Tensor, Tensor) {
+        let w = Tensor(uninitialized: [o, i]), b = Tensor(uninitialized: [o])
+        for r in 0..<o {
+            var acc = Double(bias.data[r])
+            for k in 0..<i {
+                w.data[r * i + k] = weight.data[r * i + k] * norm.0.data[k]
+                acc += Double(weight.data[r * i + k]) * Double(norm.1.data[k])
+            }
+            b.data[r] = Float(acc)
+        }
+        return (w, b)
+    }
+
+    /// s ⊙ conv(x) = (diag(s)·W) x + s ⊙ bias.
+    static func scaleRows(weight: Tensor, bias: Tensor, by s: Tensor, outChannels o: Int, inChannels i: Int) -> (Tensor, Tensor) {
+        let w = Tensor(uninitialized: [o, i]), b = Tensor(uninitialized: [o])
+        for r in 0..<o {
+            for k in 0..<i { w.data[r * i + k] = weight.data[r * i + k] * s.data[r] }
+            b.data[r] = bias.data[r] * s.data[r]
+        }
+        return (w, b)
+    }
+
+    /// Runs the block in place on x [c, h, w], using `ws` for scratch.
+    func apply(_ x: UnsafeMutablePointer<Float>, height h: Int, width w: Int, _ ws: NAFNetWorkspace) {
+        let hw = h * w
+        let normed = ws.normed, expanded = ws.expanded, gated = ws.gated
+        // x̂ = LayerNorm2d(x) (affine folded into conv1)                        [c, h, w]
+        Ops.layerNorm2d(input: x, channels: c, plane: hw, eps: 1e-6, weight: nil, bias: nil, output: normed)
+        // t = conv1(x̂)                                                         [2c, h, w]
+        Ops.fillBias(expanded, b1.data, channels: 2 * c, plane: hw)
+        BLAS.gemm(m: 2 * c, n: hw, k: c, a: w1.data, b: normed, beta: 1, c: expanded)
+        // g = SimpleGate(dw3×3(t)), pooled = mean over pixels of g              [c, h, w], [c]
+        let pooled = UnsafeMutablePointer<Float>.allocate(capacity: 2 * c)
+        defer { pooled.deallocate() }
+        NAFBlock.depthwiseGate(expanded, channels: c, height: h, width: w, weight: dwWeight.data, bias: dwBias.data,
+                               output: gated, pooled: pooled)
+        // s = sca(g) = W_sca · pooled + b_sca; conv3 weights scaled by s column-wise  [c]
+        let scale = pooled + c
+        scale.update(from: scaBias.data, count: c)
+        BLAS.gemv(m: c, n: c, a: scaWeight.data, x: pooled, beta: 1, y: scale)
+        let w3s = UnsafeMutablePointer<Float>.allocate(capacity: c * c)
+        defer { w3s.deallocate() }
+        for r in 0..<c {
+            for k in 0..<c { w3s[r * c + k] = w3.data[r * c + k] * scale[k] }
+        }
+        // y = x + β·conv3(g · s)                                                [c, h, w]
+        Ops.addBias(x, b3.data, channels: c, plane: hw)
+        BLAS.gemm(m: c, n: hw, k: c, a: w3s, b: gated, beta: 1, c: x)
+        // u = conv4(LN(y)); v = SimpleGate(u); out = y + γ·conv5(v)             [2c → c, h, w]
+        Ops.layerNorm2d(input: x, channels: c, plane: hw, eps: 1e-6, weight: nil, bias: nil, output: normed)
+        Ops.fillBias(expanded, b4.data, channels: 2 * c, plane: hw)
+        BLAS.gemm(m: 2 * c, n: hw, k: c, a: w4.data, b: normed, beta: 1, c: expanded)
+        NAFBlock.simpleGate(expanded, channels: c, plane: hw, output: gated)
+        Ops.addBias(x, b5.data, channels: c, plane: hw)
+        BLAS.gemm(m: c, n: hw, k: c, a: w5.data, b: gated, beta: 1, c: x)
+    }
+
+    /// g[i] = (dw(t[i]) + b[i]) · (dw(t[i+c]) + b[i+c]) row by row, and each channel's mean of g.
+    static func depthwiseGate(_ t: UnsafePointer<Float>, channels c: Int, height h: Int, width w: Int,
+                              weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+                              output g: UnsafeMutablePointer<Float>, pooled: UnsafeMutablePointer<Float>) {
+        let hw = h * w
+        Parallel.forEachChunk(c) { range in
+            let rowA = UnsafeMutablePointer<Float>.allocate(capacity: 2 * w)
+            defer { rowA.deallocate() }
+            let rowB = rowA + w
+            for i in range {
+                var sum: Double = 0
+                for y in 0..<h {
+                    rowA.update(repeating: bias[i], count: w)
+                    rowB.update(repeating: bias[i + c], count: w)
+                    Ops.depthwise3x3Row(t + i * hw, height: h, width: w, row: y, weight: weight + i * 9, output: rowA)
+                    Ops.depthwise3x3Row(t + (i + c) * hw, height: h, width: w, row: y, weight: weight + (i + c) * 9, output: rowB)
+                    let o = g + i * hw + y * w
+                    var rowSum: Float = 0
+                    for x in 0..<w {
+                        let v = rowA[x] * rowB[x]
+                        o[x] = v
+                        rowSum += v
+                    }
+                    sum += Double(rowSum)
+                }
+                pooled[i] = Float(sum / Double(hw))
+            }
+        }
+    }
+
+    /// v[i] = u[i] · u[i+c]
+    static func simpleGate(_ u: UnsafePointer<Float>, channels c: Int, plane: Int, output v: UnsafeMutablePointer<Float>) {
+        Parallel.forEachChunk(c) { range in
+            for i in range {
+                let a = u + i * plane, b = u + (i + c) * plane, o = v + i * plane
+                for p in 0..<plane { o[p] = a[p] * b[p] }
+            }
+        }
+    }
+}
+
+/// Scratch buffers for one forward pass, sized for the widest level (width × padded pixels).
+final class NAFNetWorkspace {
+    let normed: UnsafeMutablePointer<Float>    // [c, hw]
+    let expanded: UnsafeMutablePointer<Float>  // [2c, hw]
+    let gated: UnsafeMutablePointer<Float>     // [c, hw]
+
+    init(elements n: Int) {
+        normed = .allocate(capacity: n)
+        expanded = .allocate(capacity: 2 * n)
+        gated = .allocate(capacity: n)
+    }
+
+    deinit {
+        normed.deallocate(); expanded.deallocate(); gated.deallocate()
+    }
+}
+
+/// NAFNet with the SCM output rule. Immutable after loading: one instance may serve concurrent calls.
+public struct NAFNet: Sendable {
+    public let config: NAFNetConfig
+    /// Weight of the residual (AutoDIR's w; `model_index.json` "scm_weight").
+    public var residualWeight: Float = 1
+    let intro: Conv2d
+    let encoders: [[NAFBlock]]
+    let downs: [Conv2d]
+    let middle: [NAFBlock]
+    let ups: [Conv2d]
+    let decoders: [[NAFBlock]]
+    let ending: Conv2d
+
+    /// Loads from `weights` (keys `intro.*`, `encoders.i.j.*`, …, strictly: every key used, none missing).
+    public init(config: NAFNetConfig, weights w: WeightLoader) throws {
+        try config.validate()
+        self.config = config
+        var c = config.width
+        intro = try Conv2d(w.scoped("intro"), inChannels: config.imgChannel, outChannels: c, kernel: 3, padding: 1)
+        var encoders: [[NAFBlock]] = [], downs: [Conv2d] = []
+        for (i, n) in config.encBlkNums.enumerated() {
+            encoders.append(try (0..<n).map { try NAFBlock(w.scoped("encoders.\(i).\($0)"), channels: c) })
+            downs.append(try Conv2d(w.scoped("downs.\(i)"), inChannels: c, outChannels: 2 * c, kernel: 2, stride: 2))
+            c *= 2
+        }
+        let mid = c
+        middle = try (0..<config.middleBlkNum).map { try NAFBlock(w.scoped("middle_blks.\($0)"), channels: mid) }
+        var ups: [Conv2d] = [], decoders: [[NAFBlock]] = []
+        for (i, n) in config.decBlkNums.enumerated() {
+            ups.append(try Conv2d(w.scoped("ups.\(i).0"), inChannels: c, outChannels: 2 * c, kernel: 1, bias: false))
+            c /= 2
+            let ci = c
+            decoders.append(try (0..<n).map { try NAFBlock(w.scoped("decoders.\(i).\($0)"), channels: ci) })
+        }
+        ending = try Conv2d(w.scoped("ending"), inChannels: config.width, outChannels: config.outChannel, kernel: 3, padding: 1)
+        self.encoders = encoders; self.downs = downs; self.ups = ups; self.decoders = decoders
+        try w.finish()
+    }
+
+    /// Loads `config.json` + `model.safetensors` from a folder (the model folder's `scm/`).
+    public init(directory: String) throws {
+        let config = try NAFNetConfig.load(path: directory + "/config.json")
+        try self.init(config: config, weights: try WeightLoader(path: directory + "/model.safetensors"))
+    }
+
+    /// Input size multiple the network needs (2^levels).
+    public var sizeMultiple: Int { 1 << config.encBlkNums.count }
+
+    /// Intermediate activations of one image, for tests against the PyTorch reference.
+    public typealias Trace = (String, Tensor) -> Void
+
+    /// [N, img_channel, H, W] → [N, out_channel, H, W].
+    public func callAsFunction(_ input: Tensor, trace: Trace? = nil) throws -> Tensor {
+        guard input.rank == 4, input.shape[1] == config.imgChannel, input.shape[2] > 0, input.shape[3] > 0 else {
+            throw EngineError.invalidArgument("NAFNet expects [N, \(config.imgChannel), H, W], got \(input.shape)")
+        }
+        let (n, h, w) = (input.shape[0], input.shape[2], input.shape[3])
+        let m = sizeMultiple
+        let (hp, wp) = ((h + m - 1) / m * m, (w + m - 1) / m * m)
+        let output = Tensor(uninitialized: [n, config.outChannel, h, w])
+        for b in 0..<n {
+            let image = Tensor(uninitialized: [1, config.imgChannel, h, w])
+            image.data.update(from: input.data + b * config.imgChannel * h * w, count: config.imgChannel * h * w)
+            let padded = Ops.padRightBottom(image, right: wp - w, bottom: hp - h)
+            let residual = forwardPadded(padded, trace: trace)                       // [1, out, hp, wp]
+            // out = w · residual + input[last out_channel channels]
+            let skip = config.imgChannel - config.outChannel
+            withExtendedLifetime((residual, image)) {
+                for ch in 0..<config.outChannel {
+                    for y in 0..<h {
+                        let r = residual.data + (ch * hp + y) * wp
+                        let src = image.data + ((skip + ch) * h + y) * w
+                        let dst = output.data + ((b * config.outChannel + ch) * h + y) * w
+                        for x in 0..<w { dst[x] = residualWeight * r[x] + src[x] }
+                    }
+                }
+            }
+        }
+        return output
+    }
+
+    /// The network proper on a padded image [1, img_channel, H, W] (H, W multiples of 2^levels).
+    func forwardPadded(_ x: Tensor, trace: Trace?) -> Tensor {
+        var (h, w) = (x.shape[2], x.shape[3])
+        let ws = NAFNetWorkspace(elements: config.width * h * w)
+        var cur = intro(x)                                                              // [1, width, H, W]
+        trace?("intro_out", cur)
+        var skips: [Tensor] = []
+        for (level, blocks) in encoders.enumerated() {
+            for (j, block) in blocks.enumerated() {
+                if level == 0 && j == 0 { trace?("block_in", cur.copy()) }
+                block.apply(cur.data, height: h, width: w, ws)
+                if level == 0 && j == 0 { trace?("block_out", cur) }
+            }
+            trace?("enc\(level)_out", cur)
+            skips.append(cur)
+            cur = downs[level](cur)                                                     // [1, 2c, H/2, W/2]
+            h /= 2; w /= 2
+        }
+        for block in middle { block.apply(cur.data, height: h, width: w, ws) }
+        trace?("middle_out", cur)
+        for (level, blocks) in decoders.enumerated() {
+            let up = ups[level](cur)                                                    // [1, 2c, h, w]
+            let skip = skips.removeLast()                                               // [1, c/2, 2h, 2w]
+            withExtendedLifetime(up) {
+                Ops.pixelShuffle(input: up.data, batch: 1, outChannels: skip.shape[1], height: h, width: w, 2,
+                                 output: skip.data, accumulate: true)
+            }
+            h *= 2; w *= 2
+            cur = skip
+            for block in blocks { block.apply(cur.data, height: h, width: w, ws) }
+            trace?("dec\(level)_out", cur)
+        }
+        let out = ending(cur)                                                           // [1, out, H, W]
+        trace?("ending_out", out)
+        return out
+    }
+}
+
+extension NAFNet {
+    /// Parameters of the reference module (before any folding).
+    public var parameterCount: Int {
+        func block(_ c: Int) -> Int {
+            let d = 2 * c
+            return (d * c + d) + (d * 9 + d) + (c * c + c) + (c * c + c) + (d * c + d) + (c * c + c) + 4 * c + 2 * c
+        }
+        var c = config.width
+        var n = (config.imgChannel * c * 9 + c) + (c * config.outChannel * 9 + config.outChannel)
+        for blocks in config.encBlkNums {
+            n += blocks * block(c) + (2 * c * c * 4 + 2 * c)
+            c *= 2
+        }
+        n += config.middleBlkNum * block(c)
+        for blocks in config.decBlkNums {
+            n += c * 2 * c
+            c /= 2
+            n += blocks * block(c)
+        }
+        return n
+    }
+
+    /// Floating-point operations of one forward pass on an H×W image, counted as PyTorch's
+    /// FlopCounterMode does (2 per multiply-add of every convolution; element-wise work not counted).
+    public func flops(height: Int, width: Int) -> Double {
+        let m = sizeMultiple
+        var hw = Double((height + m - 1) / m * m) * Double((width + m - 1) / m * m)
+        func block(_ c: Double, _ hw: Double) -> Double {
+            2 * hw * (2 * c * c + 2 * c * 9 + c * c + 2 * c * c + c * c) + 2 * c * c
+        }
+        var c = Double(config.width)
+        var f = 2 * hw * (Double(config.imgChannel) * c * 9 + c * Double(config.outChannel) * 9)
+        for blocks in config.encBlkNums {
+            f += Double(blocks) * block(c, hw)
+            hw /= 4
+            f += 2 * hw * (2 * c * c * 4)
+            c *= 2
+        }
+        f += Double(config.middleBlkNum) * block(c, hw)
+        for blocks in config.decBlkNums {
+            f += 2 * hw * (2 * c * c)
+            hw *= 4
+            c /= 2
+            f += Double(blocks) * block(c, hw)
+        }
+        return f
+    }
+}
