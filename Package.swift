@@ -16,7 +16,7 @@ let package = Package(
     targets: [
         // System libraries, found through pkg-config (Debian: libopenblas-dev, libzmq3-dev, libpng-dev).
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
-        .systemLibrary(name: "CZmq", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "CZmq", providers: [.apt(["libzmq3-dev"])]),  // zmq.h is in /usr/include; its .pc adds flags SwiftPM refuses
         // libpng reports errors by longjmp, which Swift cannot cross: a small C shim keeps setjmp on the C side.
         .target(name: "CLibPNG", linkerSettings: [.linkedLibrary("png16")]),
 

@@ -1,6 +1,7 @@
-// autodir: the command-line tool (restore, detect, bench, serve, …).
+// autodir: the command-line tool (scm, bench, …); thin wrappers over the Engine library.
 import ArgumentParser
 import Engine
+import Foundation
 import Worker
 
 struct Autodir: ParsableCommand {
@@ -8,6 +9,35 @@ struct Autodir: ParsableCommand {
         commandName: "autodir",
         abstract: "AutoDIR all-in-one image restoration on the CPU.",
         version: AutodirVersion.string,
-        subcommands: [])
+        subcommands: [SCMCommand.self, BenchCommand.self, VersionCommand.self])
 }
+
+/// Options shared by commands that compute.
+struct ComputeOptions: ParsableArguments {
+    @Option(help: "Threads for BLAS and the engine's own kernels (default: all cores).")
+    var threads: Int?
+
+    func apply() {
+        if let threads, threads > 0 {
+            BLAS.setThreads(threads)
+            Parallel.threads = threads
+        }
+    }
+}
+
+struct VersionCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "version", abstract: "Print versions of autodir and its libraries.")
+    func run() {
+        print("autodir \(AutodirVersion.string) (libzmq \(ZMQ.version), OpenBLAS threads \(BLAS.threads))")
+    }
+}
+
+/// Exits with a clear message for engine errors instead of a Swift trap or backtrace.
+func runReportingErrors(_ body: () throws -> Void) throws {
+    do { try body() } catch let e as EngineError {
+        FileHandle.standardError.write(Data("autodir: error: \(e)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
 Autodir.main()

@@ -1,0 +1,67 @@
+// `autodir bench COMPONENT`: times one full-size AutoDIR component on random weights, named as in torch_reference.py.
+import ArgumentParser
+import Engine
+import Foundation
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Time a full-size AutoDIR component with random weights (compare with shared/bench/torch_reference.py).",
+        discussion: "Components: scm (NAFNet width 64, enc [2,2,4,8], middle 12, dec [2,2,2,2], 6 → 3 channels). "
+            + "unet, vae_encode, vae_decode, clip_vision and clip_text arrive with their models.")
+
+    @Argument(help: "Component to time.") var component: String
+    @Option(help: "Image side in pixels.") var res: Int = 512
+    @Option(help: "Timed runs after one warm-up.") var runs: Int = 3
+    @Flag(help: "Print one JSON object instead of a line of text.") var json = false
+    @OptionGroup var compute: ComputeOptions
+
+    func run() throws {
+        compute.apply()
+        guard res > 0, res <= 8192, runs > 0, runs <= 1000 else {
+            throw ValidationError("--res must be in 1…8192 and --runs in 1…1000")
+        }
+        let (body, gflop): (() throws -> Void, Double)
+        switch component {
+        case "scm":
+            let scm = try NAFNet(config: NAFNetConfig(), weights: WeightLoader.random(seed: 0))
+            let x = Tensor(uninitialized: [1, 6, res, res])
+            var rng = SplitMix64(seed: 1)
+            for i in 0..<x.count { x.data[i] = rng.nextFloat() * 2 - 1 }
+            body = { _ = try scm(x) }
+            gflop = scm.flops(height: res, width: res) / 1e9
+        case "unet", "vae_encode", "vae_decode", "clip_vision", "clip_text":
+            throw ValidationError("component '\(component)' is not implemented yet")
+        default:
+            throw ValidationError("unknown component '\(component)' (scm, unet, vae_encode, vae_decode, clip_vision, clip_text)")
+        }
+        try body()  // warm-up
+        var times: [Double] = []
+        for _ in 0..<runs {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try body()
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        }
+        times.sort()
+        let median = times[times.count / 2]
+        let result: [String: Any] = [
+            "component": component, "res": res, "runs": runs, "median_s": median, "min_s": times[0],
+            "gflop": gflop, "gflop_per_s": gflop / median, "peak_rss_mb": peakRSSMegabytes(),
+            "threads": Parallel.threads, "blas_threads": BLAS.threads,
+        ]
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print(String(format: "%-12@ median %8.3f s   %8.1f GFLOP   %6.1f GFLOP/s   peak RSS %.0f MB",
+                         component as NSString, median, gflop, gflop / median, peakRSSMegabytes()))
+        }
+    }
+}
+
+/// Peak resident set size of this process (getrusage; Linux reports kilobytes).
+func peakRSSMegabytes() -> Double {
+    var usage = rusage()
+    getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_maxrss) / 1024
+}
