@@ -140,3 +140,23 @@ final class KernelTests: XCTestCase {
         assertClose(Ops.bmm(a, bt, transposeB: true), NaiveOps.bmm(a, bm), atol: 1e-5, rtol: 1e-4, "bmm transposed")
     }
 }
+
+final class AttentionTests: XCTestCase {
+    /// Blocked, strided attention against the plain loops: several heads, Lq ≠ Lk, a mask, and enough
+    /// queries to need more than one block.
+    func testAttentionAgreesWithNaive() {
+        var rng = TestRNG(seed: 4)
+        for (b, lq, lk, heads, d) in [(2, 7, 5, 3, 4), (1, 300, 4000, 2, 8), (1, 77, 77, 4, 16)] {
+            let q = rng.tensor([b, lq, heads * d]), k = rng.tensor([b, lk, heads * d]), v = rng.tensor([b, lk, heads * d])
+            assertClose(Ops.attention(q: q, k: k, v: v, heads: heads), NaiveOps.attention(q: q, k: k, v: v, heads: heads),
+                        atol: 1e-5, rtol: 1e-4, "attention \(b)×\(lq)×\(lk)×\(heads)×\(d)")
+        }
+        // Causal mask, as CLIP's text encoder uses.
+        let (l, c) = (9, 12)
+        let causal = Tensor(zeros: [l, l])
+        for i in 0..<l { for j in (i + 1)..<l { causal.data[i * l + j] = -.infinity } }
+        let q = rng.tensor([2, l, c]), k = rng.tensor([2, l, c]), v = rng.tensor([2, l, c])
+        assertClose(Ops.attention(q: q, k: k, v: v, heads: 3, mask: causal),
+                    NaiveOps.attention(q: q, k: k, v: v, heads: 3, mask: causal), atol: 1e-5, rtol: 1e-4, "causal attention")
+    }
+}
