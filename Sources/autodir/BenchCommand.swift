@@ -30,6 +30,12 @@ struct BenchCommand: ParsableCommand {
             for i in 0..<x.count { x.data[i] = rng.nextFloat() * 2 - 1 }
             body = { _ = try scm(x) }
             gflop = scm.flops(height: res, width: res) / 1e9
+        case "sgemm":
+            // OpenBLAS on a square product res×res×res: the machine's matrix-multiply ceiling.
+            let a = Tensor(shape: [res, res], repeating: 0.5), b = Tensor(shape: [res, res], repeating: 0.25)
+            let c = Tensor(zeros: [res, res])
+            body = { BLAS.gemm(m: res, n: res, k: res, a: a.data, b: b.data, c: c.data) }
+            gflop = 2 * pow(Double(res), 3) / 1e9
         case "unet", "vae_encode", "vae_decode", "clip_vision", "clip_text":
             throw ValidationError("component '\(component)' is not implemented yet")
         default:
