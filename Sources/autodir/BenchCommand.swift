@@ -36,7 +36,23 @@ struct BenchCommand: ParsableCommand {
             let c = Tensor(zeros: [res, res])
             body = { BLAS.gemm(m: res, n: res, k: res, a: a.data, b: b.data, c: c.data) }
             gflop = 2 * pow(Double(res), 3) / 1e9
-        case "unet", "vae_encode", "vae_decode", "clip_vision", "clip_text":
+        case "clip_vision":  // ViT-L/14 at its fixed 224×224 (--res is ignored): image → image features
+            let config = CLIPVisionConfig()
+            let w = WeightLoader.random(seed: 0)
+            let vision = try CLIPVisionModel(config: config, weights: w.scoped("vision_model"))
+            let projection = try Linear(w.scoped("visual_projection"), inFeatures: config.hiddenSize, outFeatures: 768, bias: false)
+            let x = Tensor(uninitialized: [1, 3, config.imageSize, config.imageSize])
+            var rng = SplitMix64(seed: 1)
+            for i in 0..<x.count { x.data[i] = rng.nextFloat() * 2 - 1 }
+            body = { _ = projection(try vision(x).pooledOutput) }
+            gflop = (vision.flops(batch: 1) + 2 * Double(config.hiddenSize) * 768) / 1e9
+        case "clip_text":  // ViT-L/14's text tower, 8 prompts of 77 tokens (--res is ignored) → last_hidden_state
+            let text = try CLIPTextModel(config: CLIPTextConfig(), weights: WeightLoader.random(seed: 0).scoped("text_model"))
+            var rng = SplitMix64(seed: 1)
+            let ids = (0..<8).map { _ in (0..<77).map { _ in Int32(rng.nextFloat() * 49407) } }
+            body = { _ = try text(inputIds: ids).lastHiddenState }
+            gflop = text.flops(batch: 8, tokens: 77) / 1e9
+        case "unet", "vae_encode", "vae_decode":
             throw ValidationError("component '\(component)' is not implemented yet")
         default:
             throw ValidationError("unknown component '\(component)' (scm, unet, vae_encode, vae_decode, clip_vision, clip_text)")
