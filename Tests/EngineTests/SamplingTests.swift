@@ -295,6 +295,26 @@ final class SamplingTests: XCTestCase {
         XCTAssertNotEqual(try run(5), try run(6))
     }
 
+    /// TorchRandomSource equals torch.manual_seed(s) + torch.randn(shape) calls bit for bit, for sizes
+    /// below 16 (cached double Box–Muller, carried across calls) and from 16 up (normal_fill, tails).
+    func testTorchRandomSourceIsBitIdenticalToTorchRandn() throws {
+        let file = try SafeTensors(path: Fixtures.path("sampling/randn.safetensors"))
+        let seeds = try JSONDecoder().decode([UInt64].self, from: Data((file.metadata["seeds"] ?? "[]").utf8))
+        let shapes = try JSONDecoder().decode([[Int]].self, from: Data((file.metadata["shapes"] ?? "[]").utf8))
+        XCTAssertEqual(seeds.count, 4)
+        XCTAssertGreaterThan(shapes.count, 5)
+        for seed in seeds {
+            var source = TorchRandomSource(seed: seed)
+            for (k, shape) in shapes.enumerated() {
+                let golden = try file.tensor("seed\(seed).\(k)")
+                let mine = try source.randn(shape)
+                XCTAssertEqual(mine.shape, shape)
+                let differing = (0..<golden.count).filter { mine.data[$0].bitPattern != golden.data[$0].bitPattern }
+                XCTAssert(differing.isEmpty, "seed \(seed) call \(k) shape \(shape): \(differing.count) of \(golden.count) differ, first at \(differing.first ?? -1): \(differing.first.map { mine.data[$0] } ?? 0) vs \(differing.first.map { golden.data[$0] } ?? 0)")
+            }
+        }
+    }
+
     func testProgressAndCancellation() throws {
         let schedule = try NoiseSchedule()
         let sigmas = try schedule.sigmas(steps: 6)
