@@ -2,8 +2,10 @@
 // (k_diffusion/external.py: `DiscreteEpsDDPMDenoiser`, `sigma_to_t`, `t_to_sigma`, `get_sigmas`; not quantised).
 //
 // Everything is computed in Double from the betas (as ldm's `make_beta_schedule` does, in float64) and
-// handed out as Float. The reference keeps ᾱ, σ and log σ in float32; the difference is below 2e-7
-// relative for every σ the samplers use (measured by tools/fixtures/make_sampler_fixture.py).
+// handed out as Float; these are k-diffusion's numbers run in float64 (to ≤ 2e-7 relative, the float32
+// rounding of torch.linspace's t grid). The AutoDIR reference keeps ᾱ in float32 (ldm's buffer), so its
+// σ = √((1 − ᾱ)/ᾱ) carries float32 cancellation in 1 − ᾱ: up to 1.3e-5 relative at σ_min = 0.0292, below
+// 2.5e-7 for σ > 1 (measured by tools/fixtures/make_sampler_fixture.py). We keep the exact values.
 import Foundation
 
 /// `scheduler/scheduler_config.json` (diffusers). Only the keys that define the betas are read; the
