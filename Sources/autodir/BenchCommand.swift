@@ -52,7 +52,18 @@ struct BenchCommand: ParsableCommand {
             let ids = (0..<8).map { _ in (0..<77).map { _ in Int32(rng.nextFloat() * 49407) } }
             body = { _ = try text(inputIds: ids).lastHiddenState }
             gflop = text.flops(batch: 8, tokens: 77) / 1e9
-        case "unet", "vae_encode", "vae_decode":
+        case "unet":  // AutoDIR's UNet (SD 1.x, 8 input channels): one denoiser call on a res/8 latent, t = 500
+            let config = UNet2DConditionModelConfig()
+            let multiple = 8 << (config.levels - 1)
+            guard res % multiple == 0 else { throw ValidationError("unet needs --res a multiple of \(multiple)") }
+            let unet = try UNet2DConditionModel(config: config, weights: WeightLoader.random(seed: 0))
+            let lat = res / 8
+            var rng = SplitMix64(seed: 1)
+            let sample = Tensor(uninitialized: [1, 8, lat, lat]), context = Tensor(uninitialized: [1, 77, 768])
+            for t in [sample, context] { for i in 0..<t.count { t.data[i] = rng.nextFloat() * 2 - 1 } }
+            body = { _ = try unet(sample, timestep: 500, context: context) }
+            gflop = unet.flops(height: lat, width: lat) / 1e9
+        case "vae_encode", "vae_decode":
             throw ValidationError("component '\(component)' is not implemented yet")
         default:
             throw ValidationError("unknown component '\(component)' (scm, unet, vae_encode, vae_decode, clip_vision, clip_text)")
