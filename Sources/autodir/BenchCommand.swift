@@ -52,6 +52,15 @@ struct BenchCommand: ParsableCommand {
             let ids = (0..<8).map { _ in (0..<77).map { _ in Int32(rng.nextFloat() * 49407) } }
             body = { _ = try text(inputIds: ids).lastHiddenState }
             gflop = text.flops(batch: 8, tokens: 77) / 1e9
+        case "vae_encode", "vae_decode":  // SD KL-f8 AutoencoderKL: image [1,3,res,res] → mode, or latent [1,4,res/8,res/8] → image
+            guard res % 8 == 0 else { throw ValidationError("\(component): --res must be a multiple of 8") }
+            let vae = try AutoencoderKL(config: AutoencoderKLConfig(), weights: WeightLoader.random(seed: 0))
+            let encode = component == "vae_encode"
+            let x = Tensor(uninitialized: encode ? [1, 3, res, res] : [1, 4, res / 8, res / 8])
+            var rng = SplitMix64(seed: 1)
+            for i in 0..<x.count { x.data[i] = rng.nextFloat() * 2 - 1 }
+            body = encode ? { _ = try vae.encode(x) } : { _ = try vae.decode(x) }
+            gflop = (encode ? vae.encodeFlops(height: res, width: res) : vae.decodeFlops(height: res / 8, width: res / 8)) / 1e9
         case "unet":  // AutoDIR's UNet (SD 1.x, 8 input channels): one denoiser call on a res/8 latent, t = 500
             let config = UNet2DConditionModelConfig()
             let multiple = 8 << (config.levels - 1)
@@ -63,8 +72,6 @@ struct BenchCommand: ParsableCommand {
             for t in [sample, context] { for i in 0..<t.count { t.data[i] = rng.nextFloat() * 2 - 1 } }
             body = { _ = try unet(sample, timestep: 500, context: context) }
             gflop = unet.flops(height: lat, width: lat) / 1e9
-        case "vae_encode", "vae_decode":
-            throw ValidationError("component '\(component)' is not implemented yet")
         default:
             throw ValidationError("unknown component '\(component)' (scm, unet, vae_encode, vae_decode, clip_vision, clip_text)")
         }
