@@ -130,6 +130,27 @@ final class CLIPTests: XCTestCase {
         XCTAssertTrue(out.lastHiddenState.array.allSatisfy(\.isFinite))
     }
 
+    func testFusedResidualLinearAgreesWithLinearPlusAdd() throws {
+        var rng = TestRNG(seed: 7)
+        let x = rng.tensor([2, 5, 12]), y = rng.tensor([2, 5, 9])
+        let layer = try Linear(WeightLoader.random(seed: 3), inFeatures: 12, outFeatures: 9)
+        let expected = NaiveOps.linear(x, weight: layer.weight, bias: layer.bias)
+        for i in 0..<expected.count { expected.data[i] += y.data[i] }
+        CLIPEncoderLayer.addLinear(x, layer, into: y)
+        assertClose(y, expected, atol: 1e-5, rtol: 1e-5, "y += linear(x)")
+    }
+
+    func testAttentionMaskIsCausalPlusPadding() {
+        let blocked = -Float.greatestFiniteMagnitude
+        let causal = CLIPTextModel.mask(length: 3, attentionMask: nil)
+        XCTAssertEqual(causal.shape, [3, 3])
+        XCTAssertEqual(causal.array, [0, blocked, blocked, 0, 0, blocked, 0, 0, 0])
+        let padded = CLIPTextModel.mask(length: 3, attentionMask: [[1, 1, 0], [1, 0, 0]])
+        XCTAssertEqual(padded.shape, [2, 3, 3])
+        XCTAssertEqual(Array(padded.array[0..<9]), [0, blocked, blocked, 0, 0, blocked, 0, 0, blocked])
+        XCTAssertEqual(Array(padded.array[9..<18]), [0, blocked, blocked, 0, blocked, blocked, 0, blocked, blocked])
+    }
+
     func testBadPixelValuesAreAnError() throws {
         let clip = try CLIPFixture.model()
         XCTAssertThrowsError(try clip.visionModel(Tensor(zeros: [1, 3, 55, 56])))
