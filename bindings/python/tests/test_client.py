@@ -28,8 +28,8 @@ def _binary():
     others = glob.glob(os.path.join(ROOT, ".build*", "*", "autodir-cli")) + glob.glob(os.path.join(ROOT, ".build*", "*", "*", "autodir-cli"))
     others.sort(key=os.path.getmtime, reverse=True)
     for p in preferred + others:
-        if os.access(p, os.X_OK) and subprocess.run([p, "broker", "--help"], stdout=subprocess.DEVNULL,
-                                                    stderr=subprocess.DEVNULL).returncode == 0:
+        if os.access(p, os.X_OK) and b"--workers" in subprocess.run([p, "broker", "--help"], stdout=subprocess.PIPE,
+                                                                   stderr=subprocess.STDOUT).stdout:
             return p
     pytest.skip("autodir-cli with the pool commands not built (swift build), or set AUTODIR_CLI")
 
