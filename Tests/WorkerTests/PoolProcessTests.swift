@@ -1,4 +1,5 @@
 // The pool with real processes on 127.0.0.1: exactly-once delivery, worker kill -9, broker restart, busy, deadlines, cancel.
+import Engine
 import XCTest
 @testable import Worker
 
@@ -164,5 +165,43 @@ final class PoolProcessTests: XCTestCase {
         let t3 = Date()
         XCTAssertEqual(try client.call(op: "echo", payload: Pool.tensor(tag: 5).0, data: Pool.tensor(tag: 5).1).data, Pool.tensor(tag: 5).1)
         XCTAssertLessThan(Date().timeIntervalSince(t3), 1, "the worker stopped the cancelled job")
+    }
+
+    /// `scm` through `autodir serve` (random-weight NAFNet, width 4) matches the same model run in-process;
+    /// a PNG goes in and a PNG of the same size comes out.
+    func testSCMThroughServeMatchesInProcess() throws {
+        let (cp, wp) = (Pool.port(), Pool.port())
+        try start(Pool.spawn(["serve", "--clients", Pool.endpoint(cp), "--workers", Pool.endpoint(wp), "--local-workers", "1",
+                              "--random-scm-width", "4", "--threads", "1"] + Pool.fast))
+        Pool.waitStatus(cp) { (($0["workers"] as? [[String: Any]])?.first?["ops"] as? [String])?.contains("scm") == true }
+        var config = NAFNetConfig()
+        config.width = 4
+        let model = try NAFNet(config: config, weights: WeightLoader.random(seed: 0))
+        let x = Tensor(uninitialized: [1, 6, 12, 20])
+        var rng = SplitMix64(seed: 3)
+        for i in 0..<x.count { x.data[i] = rng.nextFloat() }
+        let expected = try model(x)
+        let client = try PoolClient(endpoint: Pool.endpoint(cp), timeoutMs: 10_000, retries: 0)
+        let reply = try client.call(op: "scm", payload: Payload(dtype: .float32, shape: x.shape),
+                                    data: [FloatBytes.bytes(UnsafeBufferPointer(start: x.data, count: x.count))])
+        XCTAssertEqual(reply.header["shape"] as? [Int], [1, 3, 12, 20])
+        let got = FloatBytes.floats(reply.data[0])
+        XCTAssertEqual(got.count, expected.count)
+        let maxErr = zip(got, expected.array).map { abs($0 - $1) }.max() ?? .infinity
+        XCTAssertLessThanOrEqual(maxErr, 1e-5, "same weights, same kernels: only thread scheduling may differ")
+
+        let png = try PNGImage.encode(Tensor(shape: [1, 3, 9, 7], repeating: 0.5))
+        let out = try client.call(op: "scm", payload: Payload(dtype: .png), data: [png])
+        XCTAssertEqual(out.header["dtype"] as? String, "png")
+        XCTAssertEqual(try PNGImage.read(data: out.data[0]).shape, [1, 3, 9, 7])
+        // Bad input for the handler is an error reply, not a dead worker.
+        XCTAssertThrowsError(try client.call(op: "scm", payload: Payload(dtype: .float32, shape: [1, 5, 4, 4]),
+                                             data: [[UInt8](repeating: 0, count: 5 * 16 * 4)])) {
+            XCTAssertEqual(($0 as? PoolError)?.code, "invalid_input")
+        }
+        XCTAssertThrowsError(try client.call(op: "scm", payload: Payload(dtype: .png), data: [[UInt8](repeating: 7, count: 64)])) {
+            XCTAssertEqual(($0 as? PoolError)?.code, "invalid_input")
+        }
+        XCTAssertEqual(try client.call(op: "echo", payload: Pool.tensor(tag: 1).0, data: Pool.tensor(tag: 1).1).data, Pool.tensor(tag: 1).1)
     }
 }
