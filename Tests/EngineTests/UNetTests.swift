@@ -153,4 +153,22 @@ final class UNetTests: XCTestCase {
         let gated = Ops.geglu(one)
         XCTAssertEqual(gated[flat: 0], 2 * 0.8413447, accuracy: 1e-5)
     }
+
+    func testVectorisedSoftmaxMatchesNaiveTwin() {
+        var rng = TestRNG(seed: 11)
+        for cols in [1, 7, 8, 77, 1000] {
+            let x = rng.tensor([5, cols], scale: 30)
+            if cols > 1 { x.data[3] = -.infinity }                                // a masked score
+            let fast = x.copy()
+            Ops.softmaxRowsFast(fast.data, rows: 5, cols: cols)
+            assertClose(fast, NaiveOps.softmax(x), atol: 1e-7, rtol: 1e-5, "softmax cols \(cols)")
+        }
+        let tiny = Tensor(shape: [1, 9], values: [-80, -70, -60, 0, 10, 80, 88, -88, -100])
+        let e = tiny.copy()
+        Ops.softmaxRowsFast(e.data, rows: 1, cols: 9)
+        assertClose(e, NaiveOps.softmax(tiny), atol: 1e-7, rtol: 1e-5, "softmax extremes")
+        let masked = Tensor(shape: [1, 3], values: [-.infinity, -.infinity, -.infinity])
+        Ops.softmaxRowsFast(masked.data, rows: 1, cols: 3)
+        XCTAssertTrue(masked[flat: 0].isNaN, "an all-masked row is NaN as in PyTorch")
+    }
 }

@@ -40,7 +40,7 @@ extension Ops {
                         let m = mask + b * maskBatchStride + r0 * lk
                         Parallel.forEachChunk(rows * lk, grain: 1 << 15) { r in for i in r { scores[i] += m[i] } }
                     }
-                    softmaxRowsInPlace(scores, rows: rows, cols: lk)
+                    softmaxRowsFast(scores, rows: rows, cols: lk)
                     // O[r0..] = S · V                                                [rows, headDim]
                     BLAS.gemm(m: rows, n: headDim, k: lk, a: scores, b: vh, ldb: v.rowStride,
                               c: oh + r0 * out.rowStride, ldc: out.rowStride)
