@@ -139,8 +139,7 @@ struct ClientCommand: ParsableCommand {
                 let s = DispatchTime.now().uptimeNanoseconds
                 let job = Job(id: "x", op: "echo", header: [:], options: [:], payload: payload, data: data.map { Array($0) })
                 let r = try handler.run(job, context: JobContext(deadline: nil))
-                let bytes = r.data.reduce(0) { $0 + $1.count }
-                precondition(bytes == data.reduce(0) { $0 + $1.count })
+                withExtendedLifetime(r) {}
                 inProcess.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
             }
             inProcess.sort()

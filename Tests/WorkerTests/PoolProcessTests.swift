@@ -11,6 +11,7 @@ final class PoolProcessTests: XCTestCase {
         processes = []
     }
 
+    @discardableResult
     func start(_ p: @autoclosure () throws -> Process) rethrows -> Process {
         let process = try p()
         processes.append(process)
@@ -91,6 +92,24 @@ final class PoolProcessTests: XCTestCase {
         let s = Pool.waitStatus(cp) { _ in true }
         XCTAssertEqual(s?["requeued"] as? Int, 1)
         XCTAssertEqual(s?["workers_lost"] as? Int, 1)
+    }
+
+    /// A job longer than the dead-worker limit, with no progress messages: heartbeats from the worker's I/O
+    /// thread keep it registered, so the job runs once and nothing is re-queued.
+    func testLongJobWorkerStaysAliveThroughHeartbeats() throws {
+        let (cp, wp) = (Pool.port(), Pool.port())
+        try start(Pool.broker(cp, wp))
+        try start(Pool.worker(wp, name: "busy"))
+        Pool.waitStatus(cp) { Pool.workers($0) == 1 }
+        let client = try PoolClient(endpoint: Pool.endpoint(cp), timeoutMs: 2000, retries: 0)
+        var progress = 0
+        let reply = try client.call(op: "sleep", options: ["ms": 1200, "step_ms": 1200]) { _, _ in progress += 1 }
+        XCTAssertEqual(progress, 1, "only the final step reports progress")
+        XCTAssertEqual(reply.header["attempts"] as? Int, 1)
+        let s = try client.status()
+        XCTAssertEqual(s["requeued"] as? Int, 0)
+        XCTAssertEqual(s["workers_lost"] as? Int, 0)
+        XCTAssertEqual(Pool.workers(s), 1)
     }
 
     /// The broker dies and comes back on the same ports: the worker registers again and a client's retry succeeds.

@@ -18,6 +18,7 @@ final class PoolSecurityTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: temp)
     }
 
+    @discardableResult
     func start(_ p: @autoclosure () throws -> Process) rethrows -> Process {
         let process = try p()
         processes.append(process)

@@ -81,7 +81,8 @@ enum Pool {
         return (p.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
-    static let fast = ["--heartbeat-ms", "100", "--liveness", "3"]
+    /// Short heartbeats for tests: a dead peer is noticed within 5 × 100 ms (5 leaves room for a loaded machine).
+    static let fast = ["--heartbeat-ms", "100", "--liveness", "5"]
 
     static func broker(_ clients: Int, _ workers: Int, _ extra: [String] = []) throws -> Process {
         try spawn(["broker", "--clients", endpoint(clients), "--workers", endpoint(workers)] + fast + extra)

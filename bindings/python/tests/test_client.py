@@ -40,7 +40,7 @@ def _port():
         return s.getsockname()[1]
 
 
-FAST = ["--heartbeat-ms", "100", "--liveness", "3"]
+FAST = ["--heartbeat-ms", "100", "--liveness", "5"]
 
 
 @pytest.fixture
