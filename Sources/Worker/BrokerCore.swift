@@ -52,6 +52,7 @@ final class PendingRequest {
     var client: [UInt8]
     var attempts = 0
     let receivedAt: UInt64
+    let receivedAtNs = DispatchTime.now().uptimeNanoseconds   // latency metrics only (µs resolution)
     let deadlineAt: UInt64?
     var worker: [UInt8]?
     var lastClientBeat: UInt64
@@ -330,7 +331,7 @@ public final class BrokerCore {
         counters[counter, default: 0] += 1
         if counter != "completed" && counter != "failed" { counters["failed", default: 0] += 1 }
         if success {
-            let us = Double(now - r.receivedAt) * 1000
+            let us = Double(DispatchTime.now().uptimeNanoseconds - r.receivedAtNs) / 1000
             if latenciesUs.count < 4096 { latenciesUs.append(us) } else { latenciesUs[latencyCursor] = us; latencyCursor = (latencyCursor + 1) % 4096 }
         }
         remember(id: id, frames: frames, now: now)
