@@ -21,7 +21,9 @@ let package = Package(
         .target(name: "CLibPNG", linkerSettings: [.linkedLibrary("png16")]),
 
         .target(name: "Engine", dependencies: ["COpenBLAS", "CLibPNG"], swiftSettings: optimize),
-        .target(name: "CAPI", dependencies: ["Engine"], swiftSettings: optimize),
+        // include/autodir.h as a module (no sources), so that CAPI's @_cdecl exports use the header's own C types.
+        .systemLibrary(name: "CAutodirABI", path: "Sources/CAutodirABI"),
+        .target(name: "CAPI", dependencies: ["Engine", "CAutodirABI"], swiftSettings: optimize),
         .target(name: "Worker", dependencies: ["Engine", "CZmq"], swiftSettings: optimize),
         .executableTarget(name: "autodir",
                           dependencies: ["Engine", "Worker", .product(name: "ArgumentParser", package: "swift-argument-parser")],
