@@ -19,6 +19,9 @@ public struct BrokerConfig: Sendable {
     public var resultCacheBytes = 256 << 20
     /// Ops accepted before any worker announced them (so requests can wait for workers to (re)join).
     public var knownOps: Set<String> = ["echo", "sleep", "scm", "restore", "detect"]
+    /// A queued request whose op no registered worker serves fails with `unavailable` after this long
+    /// (long enough for workers to re-register after a broker restart; busy workers never trigger it).
+    public var unservedTimeoutMs = 10_000
     /// Reported in status; enforced by the sockets (ZMQ_MAXMSGSIZE).
     public var maxMessageBytes = 256 << 20
 
@@ -94,7 +97,7 @@ public final class BrokerCore {
     var latencyCursor = 0
     public private(set) var counters: [String: Int] = [
         "completed": 0, "failed": 0, "rejected_busy": 0, "malformed": 0, "requeued": 0, "deduplicated": 0,
-        "cache_hits": 0, "cancelled": 0, "deadline_exceeded": 0, "workers_lost": 0,
+        "cache_hits": 0, "cancelled": 0, "deadline_exceeded": 0, "workers_lost": 0, "unavailable": 0,
     ]
 
     public init(config: BrokerConfig = BrokerConfig(), clock: @escaping Clock = MonotonicClock.now) {
@@ -371,6 +374,10 @@ public final class BrokerCore {
             if let d = r.deadlineAt, now >= d {
                 out += finish(id: r.id, frames: Wire.error(.deadlineExceeded, "deadline passed after \(now - r.receivedAt) ms", id: r.id),
                               success: false, counter: "deadline_exceeded")
+            } else if r.worker == nil, now >= r.receivedAt + UInt64(config.unservedTimeoutMs),
+                      !workers.values.contains(where: { $0.ops.contains(r.op) }) {
+                out += finish(id: r.id, frames: Wire.error(.unavailable, "no worker serving op \"\(r.op)\" joined within \(config.unservedTimeoutMs) ms", id: r.id),
+                              success: false, counter: "unavailable")
             } else if now >= r.lastClientBeat + hb {
                 r.lastClientBeat = now
                 let state = r.worker == nil ? "queued" : "running"

@@ -17,6 +17,7 @@ public enum Wire {
         case deadlineExceeded = "deadline_exceeded"
         case cancelled
         case workerLost = "worker_lost"          // the job's workers died `max_attempts` times
+        case unavailable                         // no registered worker serves the op (for `unservedTimeoutMs`)
         case invalidInput = "invalid_input"      // the handler refused the input (EngineError)
         case internalError = "internal"
         case notFound = "not_found"

@@ -129,6 +129,25 @@ final class BrokerCoreTests: XCTestCase {
         XCTAssertEqual(request(b, c1, id: "next").first?.to, .worker(w1))
     }
 
+    func testUnservedOpFailsAfterGraceButBusyWorkersDoNot() {
+        let b = core { $0.unservedTimeoutMs = 500 }
+        _ = ready(b, w1, ops: ["echo"])
+        _ = request(b, c1, id: "e1")                       // runs on w1
+        _ = request(b, c1, id: "e2")                       // waits for the busy w1: fine
+        _ = request(b, c1, id: "s1", op: "scm")            // nobody serves scm
+        for _ in 0..<6 {
+            clock.advance(100)
+            _ = b.handleWorker(identity: w1, frames: [Wire.encode(["v": 1, "type": "heartbeat"])])
+            let out = b.tick()
+            if let e = out.first(where: { types([$0]) == ["error"] }) {
+                XCTAssertEqual(header(e)["id"] as? String, "s1")
+                XCTAssertEqual(header(e)["code"] as? String, "unavailable")
+            }
+        }
+        XCTAssertEqual(b.counters["unavailable"], 1)
+        XCTAssertEqual(b.queueDepth, 1, "e2 still waits for w1")
+    }
+
     func testProgressAndHeartbeats() {
         let b = core()
         _ = ready(b, w1)
