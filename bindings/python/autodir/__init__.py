@@ -8,7 +8,7 @@ from .client import Client, Error
 __all__ = ["Client", "Error"]
 
 try:  # the ctypes Engine is added separately; the client works without it
-    from .engine import Engine  # noqa: F401
-    __all__.append("Engine")
+    from .engine import CancelToken, Engine, Progress, load_png, save_png  # noqa: F401
+    __all__ += ["Engine", "CancelToken", "Progress", "load_png", "save_png"]
 except ImportError:
     pass
