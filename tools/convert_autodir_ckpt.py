@@ -297,7 +297,7 @@ def meta_shapes(build) -> dict:
 
 @contextlib.contextmanager
 def quiet():
-    """diffusers logs deprecations for the image_size argument; its value is fixed up by us."""
+    """Silences diffusers' logging and warnings while its conversion helpers run."""
     from diffusers.utils import logging as dlog
     level = dlog.get_verbosity()
     dlog.set_verbosity_error()
@@ -322,10 +322,9 @@ def convert_unet(sd: dict, overrides: dict, extract_ema: bool):
     original = {"model": {"params": {"unet_config": {"params": params},
                                      "first_stage_config": {"params": {"ddconfig": ddconfig}}}}}
     with quiet():
-        config = create_unet_diffusers_config_from_ldm(original, sd, image_size=512)
+        config = create_unet_diffusers_config_from_ldm(original, sd)
         config = deep_merge(config, overrides)
         converted = convert_ldm_unet_checkpoint(sd, config, extract_ema=extract_ema)
-    config["sample_size"] = 512 // 2 ** (len(ddconfig["ch_mult"]) - 1)
     expected = meta_shapes(lambda: UNet2DConditionModel(**config))
     source = unet
     if extract_ema and sum(k.startswith("model_ema.") for k in sd) > 100:
@@ -347,7 +346,7 @@ def convert_vae(sd: dict, scale_factor: float):
     original = {"model": {"params": {"scale_factor": scale_factor,
                                      "first_stage_config": {"params": {"ddconfig": ddconfig, "embed_dim": embed_dim}}}}}
     with quiet():
-        config = create_vae_diffusers_config_from_ldm(original, sd, image_size=512)
+        config = create_vae_diffusers_config_from_ldm(original, sd)
         converted = convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in vae.items()}, config)
     config["use_quant_conv"] = "quant_conv.weight" in vae
     config["use_post_quant_conv"] = "post_quant_conv.weight" in vae

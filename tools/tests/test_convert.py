@@ -163,6 +163,36 @@ def test_sd_sized_unet_params_are_inferred():
             p["context_dim"], p["in_channels"]) == (320, [1, 2, 4, 4], 2, [4, 2, 1], 768, 8)
 
 
+def test_full_size_layout_converts_to_autodirs_configs():
+    """AutoDIR's real sizes (configs/generate.yaml, ViT-L/14), shapes only on the meta device: the default head
+    counts apply and diffusers / transformers accept every converted tensor."""
+    from transformers import CLIPConfig, CLIPModel
+    with torch.device("meta"):
+        unet = synth.LdmUNetModel(in_channels=8, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
+                                  num_res_blocks=2, channel_mult=[1, 2, 4, 4], num_heads=8, transformer_depth=1,
+                                  context_dim=768)
+        vae = synth.LdmAutoencoderKL(4, double_z=True, z_channels=4, in_channels=3, out_ch=3, ch=128,
+                                     ch_mult=[1, 2, 4, 4], num_res_blocks=2)
+        clip = CLIPModel(CLIPConfig(
+            text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+            vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                               image_size=224, patch_size=14), projection_dim=768))
+    sd = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+    sd.update({"first_stage_model." + k: v for k, v in vae.state_dict().items()})
+    sd.update({"model_assessment.clipmodel." + k: v for k, v in clip.state_dict().items()})
+    ucfg, _, _ = conv.convert_unet(sd, {}, False)
+    assert (ucfg["block_out_channels"], ucfg["attention_head_dim"], ucfg["cross_attention_dim"], ucfg["in_channels"],
+            ucfg["layers_per_block"], ucfg["sample_size"]) == ([320, 640, 1280, 1280], 8, 768, 8, 2, 64)
+    assert ucfg["down_block_types"] == ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
+    vcfg, _ = conv.convert_vae(sd, 0.18215)
+    assert vcfg["block_out_channels"] == [128, 256, 512, 512] and vcfg["layers_per_block"] == 2
+    ccfg, _ = conv.convert_clip(sd, {})
+    t, v = ccfg.text_config, ccfg.vision_config
+    assert (t.num_attention_heads, t.vocab_size, t.max_position_embeddings, t.num_hidden_layers) == (12, 49408, 77, 12)
+    assert (v.num_attention_heads, v.image_size, v.patch_size, v.num_hidden_layers, ccfg.projection_dim) == \
+        (16, 224, 14, 24, 768)
+
+
 # --- F16 ----------------------------------------------------------------------------------------
 
 def test_f16_folder(synthetic, tmp_path):
