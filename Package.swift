@@ -23,7 +23,15 @@ let package = Package(
         .target(name: "Engine", dependencies: ["COpenBLAS", "CLibPNG"], swiftSettings: optimize),
         // include/autodir.h as a module (no sources), so that CAPI's @_cdecl exports use the header's own C types.
         .systemLibrary(name: "CAutodirABI", path: "Sources/CAutodirABI"),
-        .target(name: "CAPI", dependencies: ["Engine", "CAutodirABI"], swiftSettings: optimize),
+        // libautodir.so carries the Swift runtime and Foundation statically (C and Python users need no Swift
+        // toolchain; a version script keeps the exports to autodir_* and a few Swift type-metadata symbols). -static-stdlib links swiftCore and
+        // dispatch; Foundation's static archives need their C parts listed; -z defs fails the link on anything left out.
+        .target(name: "CAPI", dependencies: ["Engine", "CAutodirABI"], swiftSettings: optimize,
+                linkerSettings: [.unsafeFlags(["-static-stdlib", "-Xlinker", "-z", "-Xlinker", "defs",
+                                               "-lFoundation", "-lFoundationEssentials", "-lFoundationInternationalization",
+                                               "-lCoreFoundation", "-l_FoundationICU", "-l_FoundationCollections",
+                                               "-l_FoundationCShims", "-lswiftSynchronization", "-lswift_RegexParser",
+                                               "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/CAutodirABI/libautodir.map"])]),
         .target(name: "Worker", dependencies: ["Engine", "CZmq"], swiftSettings: optimize),
         .executableTarget(name: "autodir",
                           dependencies: ["Engine", "Worker", .product(name: "ArgumentParser", package: "swift-argument-parser")],

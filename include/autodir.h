@@ -56,16 +56,16 @@
  *   - The engine parallelises each call internally (OpenBLAS threads + Dispatch); when serving many
  *     concurrent calls, lower `n_threads` in autodir_engine_params.
  *
- * RUNTIME DEPENDENCIES of libautodir.so (see `ldd libautodir.so`)
- *   Built with the default `swift build`: the Swift runtime shared libraries of the toolchain
- *   (libswiftCore.so, libswift_Concurrency.so, libswift_StringProcessing.so, libswift_RegexParser.so,
- *   libswiftDispatch.so, libdispatch.so, libBlocksRuntime.so, libFoundation.so,
- *   libFoundationEssentials.so, libFoundationInternationalization.so, lib_FoundationICU.so,
- *   libswiftSynchronization.so, libswiftGlibc.so from <toolchain>/usr/lib/swift/linux; the library
- *   records that directory as its RUNPATH), plus the system's libopenblas.so.0, libpng16.so.16,
- *   libstdc++.so.6, libgcc_s.so.1, libm, libc. No Swift toolchain is needed at run time when those
- *   Swift runtime .so files are installed next to the library or on the loader's path;
- *   bindings/c/run_tests.sh checks this by running the C examples with the toolchain hidden.
+ * RUNTIME DEPENDENCIES of libautodir.so (`ldd libautodir.so`)
+ *   The Swift runtime, Foundation (with its ICU data) and libdispatch are linked in statically
+ *   (Package.swift: -static-stdlib on the CAPI target), so no Swift toolchain is needed at run time;
+ *   a version script keeps the runtime's symbols local. What remains are Debian/Ubuntu system libraries:
+ *       libopenblas.so.0 (libopenblas0; pulls libgfortran.so.5 and libquadmath.so.0),
+ *       libpng16.so.16 (libpng16-16; pulls libz.so.1), libstdc++.so.6, libgcc_s.so.1, libm.so.6, libc.so.6.
+ *   bindings/c/run_tests.sh verifies this: it runs a C example against a copy of the library with no
+ *   LD_LIBRARY_PATH and the toolchain folder hidden. The library is large (about 70 MB in a debug build)
+ *   because of ICU's data. Do not load it into a process that already runs another copy of the Swift
+ *   runtime (a Swift program should link the Engine module instead).
  */
 #ifndef AUTODIR_H
 #define AUTODIR_H
