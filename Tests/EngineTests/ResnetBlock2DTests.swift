@@ -51,3 +51,19 @@ final class ResnetBlock2DTests: XCTestCase {
         }
     }
 }
+
+final class FastExpTests: XCTestCase {
+    func testFastExpIsWithinAFewUlpOfExp() {
+        var worst: Double = 0
+        var x: Float = -87
+        while x <= 87 {
+            let e = Double(Ops.fastExp(x)), r = Foundation.exp(Double(x))
+            worst = max(worst, abs(e - r) / r)
+            x += 0.001953125 * 7
+        }
+        XCTAssertLessThan(worst, 4e-7, "max relative error \(worst)")
+        XCTAssertEqual(Ops.fastExp(0), 1)
+        XCTAssertEqual(Ops.fastExp(-200), Ops.fastExp(-87))
+        XCTAssertTrue(Ops.fastExp(200).isFinite)
+    }
+}

@@ -63,7 +63,7 @@ extension Ops {
                     if silu {
                         for i in 0..<plane {
                             let v = (s[i] - mean) * scale + shift
-                            d[i] = v / (1 + expf(-v))
+                            d[i] = v / (1 + Ops.fastExp(-v))
                         }
                     } else {
                         for i in 0..<plane { d[i] = (s[i] - mean) * scale + shift }
@@ -71,6 +71,28 @@ extension Ops {
                 }
             }
         }
+    }
+}
+
+extension Ops {
+    /// eˣ to about 2 ulp for x in [−87, 87] (clamped outside), written without calls or branches so the loops that
+    /// use it vectorise (libm's expf does not): x = n·ln2 + r, eʳ by Cephes' degree-6 polynomial, 2ⁿ by exponent bits.
+    @inline(__always)
+    static func fastExp(_ x: Float) -> Float {
+        let x = min(max(x, -87), 87)
+        let magic: Float = 12_582_912  // 1.5·2²³: adding it rounds to an integer kept in the low mantissa bits
+        let v = x * 1.44269504088896341 + magic
+        let n = v - magic
+        let r = x - n * 0.693359375 + n * 2.12194440e-4
+        var p: Float = 1.9875691500e-4
+        p = p * r + 1.3981999507e-3
+        p = p * r + 8.3334519073e-3
+        p = p * r + 4.1665795894e-2
+        p = p * r + 1.6666665459e-1
+        p = p * r + 5.0000001201e-1
+        let er = p * r * r + r + 1
+        let twoN = Float(bitPattern: (v.bitPattern &- 0x4B40_0000 &+ 127) &<< 23)
+        return er * twoN
     }
 }
 
