@@ -171,4 +171,24 @@ final class UNetTests: XCTestCase {
         Ops.softmaxRowsFast(masked.data, rows: 1, cols: 3)
         XCTAssertTrue(masked[flat: 0].isNaN, "an all-masked row is NaN as in PyTorch")
     }
+
+    /// Ops.attention's two schedules (items over our threads with single-threaded BLAS, or one thread with
+    /// BLAS's own threads) against the plain loops, with a mask and several query blocks; BLAS's thread count
+    /// is restored afterwards.
+    func testAttentionSchedulesMatchNaiveTwin() {
+        var rng = TestRNG(seed: 5)
+        let (b, lq, lk, heads, d) = (1, 260, 4100, 2, 2)                      // 260 queries = 2 blocks of 255
+        let q = rng.tensor([b, lq, heads * d]), k = rng.tensor([b, lk, heads * d]), v = rng.tensor([b, lk, heads * d])
+        let mask = rng.tensor([lq, lk], scale: 2)
+        let golden = NaiveOps.attention(q: q, k: k, v: v, heads: heads, mask: mask)
+        let (savedParallel, savedBLAS) = (Parallel.threads, BLAS.threads)
+        defer { Parallel.threads = savedParallel }
+        for threads in [1, 2] {
+            Parallel.threads = threads
+            assertClose(Ops.attention(q: q, k: k, v: v, heads: heads, mask: mask), golden, atol: 1e-5, rtol: 1e-4,
+                        "attention with \(threads) threads")
+            XCTAssertEqual(BLAS.threads, savedBLAS)
+        }
+    }
 }
+

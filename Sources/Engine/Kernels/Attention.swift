@@ -18,35 +18,48 @@ extension Ops {
     /// matrix never exceeds about 4 MiB (a 4096-token self-attention never builds its 64 MiB score matrix).
     /// - mask: optional additive bias [batch][lq × lk] (pass `maskBatchStride` 0 to share one across the batch),
     ///   e.g. −∞ above the diagonal for CLIP's causal mask.
+    ///
+    /// The (batch, head, query block) items are spread over the cores, each running single-threaded BLAS
+    /// (gemm, exp, gemm, then 1/Σ on the headDim-wide output rows instead of the lk-wide scores): no
+    /// hand-offs between BLAS's threads and ours on every block, and no BLAS threads spinning meanwhile.
     public static func attention(q: AttentionOperand, k: AttentionOperand, v: AttentionOperand, out: AttentionOperand,
                                  batch: Int, heads: Int, queries lq: Int, keys lk: Int, headDim: Int, scale: Float,
                                  mask: UnsafePointer<Float>? = nil, maskBatchStride: Int = 0) {
         let block = max(1, min(lq, (1 << 20) / max(lk, 1)))
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: block * lk)
-        defer { scores.deallocate() }
-        for b in 0..<batch {
-            for h in 0..<heads {
-                let qh = q.base + b * q.batchStride + h * headDim
+        let perHead = (lq + block - 1) / block
+        let items = batch * heads * perHead
+        func run(_ range: Range<Int>) {
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: block * lk)
+            let sums = UnsafeMutablePointer<Float>.allocate(capacity: block)
+            defer { scores.deallocate(); sums.deallocate() }
+            for item in range {
+                let (bh, blk) = item.quotientAndRemainder(dividingBy: perHead)
+                let (b, h) = bh.quotientAndRemainder(dividingBy: heads)
+                let r0 = blk * block, rows = min(block, lq - r0)
+                let qh = q.base + b * q.batchStride + h * headDim + r0 * q.rowStride
                 let kh = k.base + b * k.batchStride + h * headDim
                 let vh = v.base + b * v.batchStride + h * headDim
-                let oh = out.base + b * out.batchStride + h * headDim
-                var r0 = 0
-                while r0 < lq {
-                    let rows = min(block, lq - r0)
-                    // S = scale · Q[r0..] · Kᵀ                                       [rows, lk]
-                    BLAS.gemm(transB: true, m: rows, n: lk, k: headDim, alpha: scale, a: qh + r0 * q.rowStride, lda: q.rowStride,
-                              b: kh, ldb: k.rowStride, c: scores)
-                    if let mask {
-                        let m = mask + b * maskBatchStride + r0 * lk
-                        Parallel.forEachChunk(rows * lk, grain: 1 << 15) { r in for i in r { scores[i] += m[i] } }
-                    }
-                    softmaxRowsFast(scores, rows: rows, cols: lk)
-                    // O[r0..] = S · V                                                [rows, headDim]
-                    BLAS.gemm(m: rows, n: headDim, k: lk, a: scores, b: vh, ldb: v.rowStride,
-                              c: oh + r0 * out.rowStride, ldc: out.rowStride)
-                    r0 += rows
+                let oh = out.base + b * out.batchStride + h * headDim + r0 * out.rowStride
+                // S = scale · Q[r0..] · Kᵀ (+ mask)                                  [rows, lk]
+                BLAS.gemm(transB: true, m: rows, n: lk, k: headDim, alpha: scale, a: qh, lda: q.rowStride,
+                          b: kh, ldb: k.rowStride, c: scores)
+                if let mask {
+                    let m = mask + b * maskBatchStride + r0 * lk
+                    for i in 0..<(rows * lk) { scores[i] += m[i] }
+                }
+                // P = exp(S − rowmax), Σ per row; O[r0..] = P · V / Σ                [rows, headDim]
+                expRowsUnnormalized(scores, rows: rows, cols: lk, sums: sums)
+                BLAS.gemm(m: rows, n: headDim, k: lk, a: scores, b: vh, ldb: v.rowStride, c: oh, ldc: out.rowStride)
+                for r in 0..<rows {
+                    let o = oh + r * out.rowStride, inv = 1 / sums[r]
+                    for d in 0..<headDim { o[d] *= inv }
                 }
             }
+        }
+        if items >= Parallel.threads && Parallel.threads > 1 {
+            BLAS.singleThreaded { Parallel.forEachChunk(items) { run($0) } }
+        } else {
+            run(0..<items)
         }
     }
 

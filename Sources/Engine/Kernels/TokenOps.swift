@@ -217,3 +217,57 @@ extension Ops {
         }
     }
 }
+
+extension Ops {
+    /// p[r, :] ← exp(p[r, :] − max_r) and sums[r] = Σ of the row (softmax before its division), serially.
+    static func expRowsUnnormalized(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, sums: UnsafeMutablePointer<Float>) {
+        for row in 0..<rows {
+            let v = p + row * cols
+            let raw = UnsafeMutableRawPointer(v)
+            var j = 0
+            var m8 = SIMD8<Float>(repeating: -.infinity)
+            while j + 8 <= cols {
+                let v8 = raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
+                m8 = m8.replacing(with: v8, where: v8 .> m8)
+                j += 8
+            }
+            var mx = m8.max()
+            while j < cols { mx = max(mx, v[j]); j += 1 }
+            if mx == -.infinity { mx = .nan }
+            let m = SIMD8<Float>(repeating: mx)
+            var s8 = SIMD8<Float>(repeating: 0)
+            j = 0
+            while j + 8 <= cols {
+                let e = exp8(raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) - m)
+                raw.storeBytes(of: e, toByteOffset: 4 * j, as: SIMD8<Float>.self)
+                s8 += e
+                j += 8
+            }
+            var sum = s8.sum()
+            while j < cols { let e = expf(v[j] - mx); v[j] = e; sum += e; j += 1 }
+            sums[row] = sum
+        }
+    }
+}
+
+extension BLAS {
+    private static let scopeLock = NSLock()
+    nonisolated(unsafe) private static var scopeDepth = 0
+    nonisolated(unsafe) private static var scopeSaved = 0
+
+    /// Runs `body` with OpenBLAS limited to one thread per call, so our own threads can each run their
+    /// own small gemms. Nested and concurrent scopes share one saved thread count, restored by the last to leave.
+    static func singleThreaded<T>(_ body: () throws -> T) rethrows -> T {
+        scopeLock.lock()
+        if scopeDepth == 0 { scopeSaved = threads; setThreads(1) }
+        scopeDepth += 1
+        scopeLock.unlock()
+        defer {
+            scopeLock.lock()
+            scopeDepth -= 1
+            if scopeDepth == 0 { setThreads(scopeSaved) }
+            scopeLock.unlock()
+        }
+        return try body()
+    }
+}
