@@ -52,6 +52,20 @@ final class ResnetBlock2DTests: XCTestCase {
     }
 }
 
+final class FusedUpsampleConvTests: XCTestCase {
+    func testUpsampleNearest2xConv3x3MatchesNaiveTwin() {
+        var rng = TestRNG(seed: 5)
+        for (shape, cout) in [([2, 3, 5, 7], 4), ([1, 8, 1, 1], 3), ([1, 16, 9, 4], 16)] {
+            let x = rng.tensor(shape)
+            let w = rng.tensor([cout, shape[1], 3, 3], scale: 0.3), b = rng.tensor([cout])
+            assertClose(Ops.upsampleNearest2xConv3x3(x, weight: w, bias: b), NaiveOps.upsampleNearest2xConv3x3(x, weight: w, bias: b),
+                        atol: 1e-5, rtol: 1e-5, "upsample+conv \(shape) → \(cout)")
+            assertClose(Ops.upsampleNearest2xConv3x3(x, weight: w, bias: nil), NaiveOps.upsampleNearest2xConv3x3(x, weight: w, bias: nil),
+                        atol: 1e-5, rtol: 1e-5, "upsample+conv no bias \(shape)")
+        }
+    }
+}
+
 final class FastExpTests: XCTestCase {
     func testFastExpIsWithinAFewUlpOfExp() {
         var worst: Double = 0

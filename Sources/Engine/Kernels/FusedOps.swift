@@ -96,6 +96,62 @@ extension Ops {
     }
 }
 
+extension Ops {
+    /// conv2d(upsampleNearest2x(x)) for a 3×3, stride-1, padding-1 convolution (diffusers' Upsample2D), without
+    /// building the 4× larger upsampled tensor: the column builder reads the low-resolution source directly.
+    /// x [N, Cin, H, W], weight [Cout, Cin, 3, 3] → [N, Cout, 2H, 2W].
+    public static func upsampleNearest2xConv3x3(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+        let (n, cin, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let cout = weight.shape[0]
+        let (ho, wo) = (2 * h, 2 * w)
+        let k = cin * 9
+        let y = Tensor(uninitialized: [n, cout, ho, wo])
+        let rowsPerBand = max(1, min(ho, (8 << 20) / max(1, k * wo)))
+        let col = UnsafeMutablePointer<Float>.allocate(capacity: k * rowsPerBand * wo)
+        defer { col.deallocate() }
+        for b in 0..<n {
+            let src = x.data + b * cin * h * w, out = y.data + b * cout * ho * wo
+            fillBias(out, bias?.data, channels: cout, plane: ho * wo)
+            var r0 = 0
+            while r0 < ho {
+                let rows = min(rowsPerBand, ho - r0)
+                let cols = rows * wo
+                // col[(c, ky, kx)][oy·wo + ox] = up[c][r0+oy+ky−1][ox+kx−1], up[c][Y][X] = x[c][Y/2][X/2], zero outside
+                Parallel.forEachChunk(cin * 9, grain: 4) { range in
+                    for r in range {
+                        let c = r / 9, ky = (r % 9) / 3, kx = r % 3
+                        let plane = src + c * h * w
+                        let dst = col + r * cols
+                        let lo = kx == 0 ? 1 : 0, hi = kx == 2 ? wo - 1 : wo
+                        for oy in 0..<rows {
+                            let yy = r0 + oy + ky - 1
+                            let d = dst + oy * wo
+                            if yy < 0 || yy >= ho {
+                                d.update(repeating: 0, count: wo)
+                                continue
+                            }
+                            let s = plane + (yy >> 1) * w
+                            if lo > 0 { d[0] = 0 }
+                            for ox in lo..<hi { d[ox] = s[(ox + kx - 1) >> 1] }
+                            if hi < wo { d[wo - 1] = 0 }
+                        }
+                    }
+                }
+                BLAS.gemm(m: cout, n: cols, k: k, a: weight.data, b: col, ldb: cols, beta: 1, c: out + r0 * wo, ldc: ho * wo)
+                r0 += rows
+            }
+        }
+        return y
+    }
+}
+
+extension NaiveOps {
+    /// conv2d(upsampleNearest2x(x)), 3×3, padding 1, composed from the naive twins.
+    public static func upsampleNearest2xConv3x3(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+        conv2d(upsampleNearest2x(x), weight: weight, bias: bias, Conv2DParams(kernel: 3, padding: 1))
+    }
+}
+
 extension NaiveOps {
     /// silu(groupNorm(x)), composed from the naive twins.
     public static func groupNormSiLU(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {

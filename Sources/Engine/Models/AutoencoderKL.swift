@@ -337,7 +337,9 @@ public struct AutoencoderKL: Sendable {
         trace?("dec_mid", h)
         for (i, resnets) in upResnets.enumerated() {
             for r in resnets { h = r(h, temb: nil) }                                   // [N, C_rev[i], h·2^i, w·2^i]
-            if let up = upsamplers[i] { h = up(Ops.upsampleNearest2x(h)) }             // [N, C_rev[i], h·2^(i+1), w·2^(i+1)]
+            if let up = upsamplers[i] {                                                // [N, C_rev[i], h·2^(i+1), w·2^(i+1)]
+                h = Ops.upsampleNearest2xConv3x3(h, weight: up.weight, bias: up.bias)
+            }
             trace?("dec_up\(i)", h)
         }
         let act = Ops.groupNormSiLU(h, groups: decNormOut.groups, weight: decNormOut.weight, bias: decNormOut.bias,
