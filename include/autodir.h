@@ -39,7 +39,8 @@
  *   read during the call; they may have 1 (gray, replicated to RGB), 3 (RGB) or 4 (RGBA, alpha dropped)
  *   channels. Input values are clamped to [0, 1]; NaN or infinite values are an invalid argument.
  *   Width and height must be 1…AUTODIR_MAX_SIDE and width·height at most AUTODIR_MAX_PIXELS (the
- *   limits of the PNG reader), checked without integer overflow.
+ *   limits of the PNG reader), checked without integer overflow; detect and restore accept at most 16384
+ *   pixels per side.
  *
  * THREAD SAFETY
  *   - One engine may serve any number of concurrent autodir_detect()/autodir_restore() calls from
@@ -216,9 +217,10 @@ void autodir_cancel_token_destroy(autodir_cancel_token *token);
 /* Restoration                                                                                     */
 
 /* Progress of a restore, called on the restoring thread at each stage and sampler step.
- * pass: 1-based pass number; max_passes: the pass limit of this call; step / total_steps: sampler step
- * (1-based) and steps per pass (0 / steps outside the "denoise" stage); stage: "detect", "encode",
- * "denoise", "decode" or "correct" (valid only during the call). Return false to cancel the restore
+ * pass: 1-based pass number; max_passes: the pass limit of this call; total_steps: sampler steps per pass;
+ * step: 0 when "detect", "encode" or "denoise" begins, 1…total_steps after each sampler step ("denoise"),
+ * total_steps at "decode" and "correct"; stage: "detect", "encode", "denoise", "decode" or "correct"
+ * (the string is valid only during the call). Return false to cancel the restore
  * (it then returns AUTODIR_ERR_CANCELLED). The callback must not call autodir_engine_destroy() on the
  * engine; it may call autodir_cancel(). */
 typedef bool (*autodir_progress_callback)(int pass, int max_passes, int step, int total_steps,

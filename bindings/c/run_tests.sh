@@ -112,17 +112,25 @@ else
 fi
 swift_deps=$(grep -oE 'lib(swift|Foundation|_Foundation|dispatch|BlocksRuntime)[A-Za-z_]*\.so' "$work/ldd.log" | sort -u | tr '\n' ' ')
 if [ -z "$swift_deps" ]; then
-    # The Swift runtime is linked in statically: copy the library alone and run an example with the
-    # toolchain's library folder unreachable (no RUNPATH into it, no LD_LIBRARY_PATH).
-    mkdir -p "$work/standalone"
+    # The Swift runtime is linked in statically. Copy the library alone next to an example and run it with
+    # no LD_LIBRARY_PATH; where a private mount namespace is allowed (root), the toolchain folder is
+    # also hidden behind an empty directory, as on a machine without Swift.
+    mkdir -p "$work/standalone" "$work/empty"
     cp "$lib_dir/libautodir.so" "$work/standalone/"
     cc "${cflags[@]}" bindings/c/detect.c -L"$work/standalone" -lautodir -Wl,-rpath,"$work/standalone" -lm \
         -o "$work/standalone/detect" 2>"$work/cc-standalone.log"
-    if env -u LD_LIBRARY_PATH "$work/standalone/detect" "$model" "$image" >"$work/standalone.log" 2>&1 &&
+    toolchain=$(command -v swift >/dev/null 2>&1 && dirname "$(dirname "$(readlink -f "$(command -v swift)")")")
+    standalone=(env -u LD_LIBRARY_PATH "$work/standalone/detect" "$model" "$image")
+    how="no LD_LIBRARY_PATH"
+    if [ -n "$toolchain" ] && [ -d "$toolchain/lib/swift" ] && unshare -m true 2>/dev/null; then
+        standalone=(unshare -m sh -c 'mount --bind "$1" "$2" && shift 2 && exec "$@"' sh "$work/empty" "$toolchain" "${standalone[@]}")
+        how="$toolchain hidden"
+    fi
+    if "${standalone[@]}" >"$work/standalone.log" 2>&1 &&
        ! env -u LD_LIBRARY_PATH ldd "$work/standalone/detect" | grep -qE '/swift|not found'; then
-        pass "libautodir.so runs without the Swift toolchain's libraries (static Swift runtime)"
+        pass "libautodir.so runs without the Swift toolchain ($how; static Swift runtime)"
     else
-        fail "libautodir.so runs without the Swift toolchain's libraries"; sed 's/^/    /' "$work/standalone.log"
+        fail "libautodir.so runs without the Swift toolchain ($how)"; sed 's/^/    /' "$work/standalone.log"
     fi
 else
     echo "NOTE libautodir.so uses the Swift runtime from the toolchain: $swift_deps"

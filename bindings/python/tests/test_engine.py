@@ -21,7 +21,7 @@ FIXTURES = os.path.join(ROOT, "Tests", "EngineTests", "Fixtures")
 MODEL = os.environ.get("AUTODIR_TEST_MODEL", os.path.join(FIXTURES, "pipeline", "tiny-model"))
 IMAGE = os.environ.get("AUTODIR_TEST_IMAGE", os.path.join(FIXTURES, "pipeline", "sample.png"))
 STAGES = {"detect", "encode", "denoise", "decode", "correct"}
-FAST = dict(steps=2, max_passes=1)
+FAST = dict(steps=1, max_passes=1)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,9 @@ def engine():
     try:
         autodir.engine.library_path()
     except Error as e:
-        pytest.skip(str(e))
+        if "not found" in e.message:  # not built; a library that is found but unusable fails the tests
+            pytest.skip(str(e))
+        raise
     if not os.path.isfile(os.path.join(MODEL, "model_index.json")):
         pytest.skip(f"model folder {MODEL} not present")
     with Engine(MODEL) as e:
@@ -75,6 +77,7 @@ def test_restore_returns_float32_hwc_in_unit_range_and_is_deterministic(engine, 
 
 
 def test_restore_accepts_gray_rgba_and_uint16(engine, image):
+    image = np.ascontiguousarray(image[:16, :24])  # smaller, for speed
     h, w, _ = image.shape
     gray = engine.restore(image[:, :, 0], **FAST)
     assert gray.shape == (h, w, 3)
@@ -85,7 +88,7 @@ def test_restore_accepts_gray_rgba_and_uint16(engine, image):
 
 
 def test_restore_with_a_prompt_and_options(engine, image):
-    out = engine.restore(image, prompt="A photo needs noise artifact reduction", steps=2, seed=1,
+    out = engine.restore(image, prompt="A photo needs noise artifact reduction", steps=1, seed=1,
                          cfg_text=1.5, cfg_image=1.2, color_fix=True, sampler="euler")
     assert out.shape == image.shape
 
@@ -95,7 +98,7 @@ def test_progress_reports_every_step(engine, image):
     engine.restore(image, steps=3, max_passes=1, progress=seen.append)
     assert seen and all(p.stage in STAGES for p in seen)
     denoise = [p for p in seen if p.stage == "denoise"]
-    assert [p.step for p in denoise if p.pass_index == 1] == [1, 2, 3]
+    assert [p.step for p in denoise if p.pass_index == 1] == [0, 1, 2, 3]  # 0 when denoising begins
     assert all(p.total_steps == 3 and p.max_passes >= 1 for p in denoise)
 
 
@@ -125,6 +128,7 @@ def test_an_exception_in_the_callback_cancels_and_is_reraised(engine, image):
 
 
 def test_two_threads_on_one_engine_equal_sequential_runs(engine, image):
+    image = image[:24, :32]
     seeds = [11, 12]
     sequential = [engine.restore(image, seed=s, **FAST) for s in seeds]
     results = [None, None]
