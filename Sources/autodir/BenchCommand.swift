@@ -8,12 +8,14 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time a full-size AutoDIR component with random weights (compare with shared/bench/torch_reference.py).",
         discussion: "Components: scm (NAFNet width 64, enc [2,2,4,8], middle 12, dec [2,2,2,2], 6 → 3 channels). "
-            + "unet, vae_encode, vae_decode, clip_vision and clip_text arrive with their models.")
+            + "unet, vae_encode, vae_decode, clip_vision and clip_text arrive with their models. "
+            + "pipeline_pass: one AutoDIR pass at --res with --steps (default 20) on the full-size models.")
 
     @Argument(help: "Component to time.") var component: String
     @Option(help: "Image side in pixels.") var res: Int = 512
     @Option(help: "Timed runs after one warm-up.") var runs: Int = 3
     @Flag(help: "Print one JSON object instead of a line of text.") var json = false
+    @Option(help: "Sampling steps (pipeline_pass).") var steps: Int = 20
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
@@ -72,8 +74,11 @@ struct BenchCommand: ParsableCommand {
             for t in [sample, context] { for i in 0..<t.count { t.data[i] = rng.nextFloat() * 2 - 1 } }
             body = { _ = try unet(sample, timestep: 500, context: context) }
             gflop = unet.flops(height: lat, width: lat) / 1e9
+        case "pipeline_pass":  // one full-size AutoDIR pass (BIQA, encode, --steps UNet steps, decode, SCM): BenchPipeline.swift
+            guard (1...1000).contains(steps) else { throw ValidationError("--steps must be in 1…1000") }
+            (body, gflop) = try pipelinePassBench(res: res, steps: steps)
         default:
-            throw ValidationError("unknown component '\(component)' (scm, unet, vae_encode, vae_decode, clip_vision, clip_text)")
+            throw ValidationError("unknown component '\(component)' (scm, unet, vae_encode, vae_decode, clip_vision, clip_text, pipeline_pass)")
         }
         try body()  // warm-up
         var times: [Double] = []

@@ -9,7 +9,7 @@ struct Autodir: ParsableCommand {
         commandName: "autodir",
         abstract: "AutoDIR all-in-one image restoration on the CPU.",
         version: AutodirVersion.string,
-        subcommands: [SCMCommand.self, BenchCommand.self, VersionCommand.self,
+        subcommands: [RestoreCommand.self, DetectCommand.self, SCMCommand.self, BenchCommand.self, VersionCommand.self,
                       BrokerCommand.self, WorkerCommand.self, ServeCommand.self, KeygenCommand.self, ClientCommand.self])
 }
 

@@ -171,7 +171,7 @@ class AutoDIRReference:
         self.scm = scm.to(dtype).eval()
         s = dict(settings or {})
         self.categories = list(s.get("categories", CATEGORIES))
-        self.template = s.get("prompt_template", TEMPLATE).replace("{}", "{}")
+        self.template = s.get("prompt_template", TEMPLATE)
         self.scale_factor = float(s.get("scale_factor", 0.18215))
         self.scm.scm_weight = float(s.get("scm_weight", 1.0))
         d = s.get("defaults", {})
@@ -235,7 +235,7 @@ class AutoDIRReference:
         p = torch.softmax(z, dim=0)
         best = int(torch.argmax(p))
         context = (p[:, None, None] * self.prompt_states[idx]).sum(0, keepdim=True)
-        probs = {self.categories[k]: float(p[i]) for i, k in enumerate(idx)}
+        probs = {self.categories[k]: float(p[i].detach()) for i, k in enumerate(idx)}
         return probs, self.categories[idx[best]], context
 
     # -- AIR + SCM ---------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ class AutoDIRReference:
         z_img = self.vae.encode(xp).latent_dist.mode()
         cond = {"c_crossattn": [context], "c_concat": [z_img]}
         uncond = {"c_crossattn": [self.null_context], "c_concat": [torch.zeros_like(z_img)]}
-        sigmas = self.model_wrap.get_sigmas(steps)
+        sigmas = self.model_wrap.get_sigmas(steps).to(self.dtype)  # (float64 schedule, handed out at the compute dtype)
         torch.manual_seed(seed)
         z = torch.randn(z_img.shape, dtype=torch.float32).to(self.dtype) * sigmas[0]
         denoiser = CFGDenoiser(self.model_wrap, three_branches)
