@@ -220,7 +220,7 @@ public final class AutoDIRPipeline: @unchecked Sendable {
             throw EngineError.invalidArgument("unknown sampler \"\(samplerName)\" (\(SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
         let original = Self.toSigned(try Self.checkedInput(image))                   // [1, 3, H, W] in [-1, 1]
-        let run = Run(pipeline: self, cancel: cancel, progress: progress, maxPasses: maxPasses, steps: steps)
+        let run = Run(cancel: cancel, progress: progress, maxPasses: maxPasses, steps: steps)
 
         var current = original
         var remaining = biqa.categories
@@ -319,7 +319,7 @@ public final class AutoDIRPipeline: @unchecked Sendable {
         let maxPasses: Int, steps: Int
         var pass = 1
 
-        init(pipeline: AutoDIRPipeline, cancel: CancellationToken?, progress: ((RestoreProgress) -> Bool)?,
+        init(cancel: CancellationToken?, progress: ((RestoreProgress) -> Bool)?,
              maxPasses: Int, steps: Int) {
             self.cancel = cancel
             self.progress = progress
