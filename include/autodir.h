@@ -46,7 +46,10 @@
  *   - One engine may serve any number of concurrent autodir_detect()/autodir_restore() calls from
  *     different threads: the pipeline is immutable after autodir_engine_create() (weights are
  *     read-only) and each call owns its scratch memory, its random generator (seeded per call) and its
- *     progress callback. The same seed gives the same output whether calls run alone or concurrently.
+ *     progress callback. The same seed gives the same output whether calls run alone or concurrently:
+ *     bit-identical with n_threads = 1; with several threads, overlapping calls may differ in the last
+ *     bits (max 1e-6 measured on the tiny model), because multithreaded OpenBLAS splits a GEMM
+ *     differently when two calls overlap.
  *   - autodir_engine_destroy() must not run while another call is using the same engine.
  *   - autodir_cancel() may be called from any thread at any time while the token is alive, including
  *     from inside a progress callback. A token may be shared by several requests.
@@ -156,8 +159,9 @@ autodir_status autodir_image_save_png(const autodir_image *image, const char *pa
 typedef struct autodir_engine autodir_engine;
 
 typedef struct autodir_engine_params {
-    /* Threads for the engine's kernels (OpenBLAS and the element-wise kernels); 0 = all cores.
-     * The setting is process-wide: the most recent engine created with n_threads > 0 sets it. */
+    /* Threads for the engine's kernels (OpenBLAS and the element-wise kernels); 0 = leave the current
+     * setting (all cores unless changed). The setting is process-wide: the most recent engine created
+     * with n_threads > 0 sets it. */
     int n_threads;
 } autodir_engine_params;
 

@@ -29,7 +29,7 @@ public func capi_engine_create(_ modelDir: UnsafePointer<CChar>?, _ params: Unsa
         let loaded: AutoDIRPipeline
         do {
             loaded = try AutoDIRPipeline(directory: directory)
-        } catch let error as EngineError {
+        } catch {
             throw CAPIError(status: AUTODIR_ERR_MODEL, message: "cannot load model folder \(directory): \(error)")
         }
         let categories = loaded.index.autodir.categories

@@ -300,7 +300,8 @@ def _cfg_option(name: str, value: Optional[float]) -> float:
 class Engine:
     """An AutoDIR pipeline loaded from a model folder (libautodir's autodir_engine).
 
-    threads: kernel threads (0 = all cores; process-wide, see include/autodir.h).
+    threads: kernel threads (0 = leave the current setting, all cores by default; process-wide, see
+    include/autodir.h).
     Use as a context manager or call close(); the engine is also freed when garbage-collected.
     """
 

@@ -141,7 +141,9 @@ def test_two_threads_on_one_engine_equal_sequential_runs(engine, image):
     for t in threads:
         t.join()
     for a, b in zip(sequential, results):
-        np.testing.assert_array_equal(a, b)
+        # Not bit-identical: multithreaded OpenBLAS splits a GEMM differently when two calls overlap
+        # (include/autodir.h, THREAD SAFETY); bindings/c/concurrent.c checks bit-identity with 1 thread.
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
 def test_png_round_trip(engine, image, tmp_path):
