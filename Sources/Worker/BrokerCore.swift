@@ -226,6 +226,9 @@ public final class BrokerCore {
             if let d = Wire.int(h["done"]) { p["done"] = d }
             if let t = Wire.int(h["total"]) { p["total"] = t }
             if let m = h["message"] as? String { p["message"] = String(m.prefix(256)) }
+            // restore's progress fields (docs/PROTOCOL.md); anything else a worker adds is dropped.
+            for k in ["pass", "max_passes", "step", "steps"] { if let v = Wire.int(h[k]) { p[k] = v } }
+            for k in ["stage", "artifact"] { if let v = h[k] as? String { p[k] = String(v.prefix(256)) } }
             r.lastClientBeat = now
             return [Outgoing(to: .client(r.client), frames: [Wire.encode(p)])]
         case "result", "error":

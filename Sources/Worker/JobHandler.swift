@@ -60,18 +60,41 @@ public struct JobError: Error, CustomStringConvertible {
 public final class JobContext: @unchecked Sendable {
     private let lock = NSLock()
     private var cancelled = false
+    private var hooks: [() -> Void] = []
     /// Monotonic ms after which the job counts as cancelled (deadline), if any.
     public let deadline: UInt64?
-    let report: (Int, Int, String?) -> Void
+    let report: (Int, Int, String?, [String: Any]) -> Void
     let parent: JobContext?
 
-    public init(deadline: UInt64?, parent: JobContext? = nil, report: @escaping (Int, Int, String?) -> Void = { _, _, _ in }) {
+    public init(deadline: UInt64?, parent: JobContext? = nil,
+                report: @escaping (Int, Int, String?, [String: Any]) -> Void = { _, _, _, _ in }) {
         self.deadline = deadline
         self.parent = parent
         self.report = report
     }
 
-    public func cancel() { lock.lock(); cancelled = true; lock.unlock() }
+    public func cancel() {
+        lock.lock()
+        cancelled = true
+        let run = hooks
+        hooks = []
+        lock.unlock()
+        run.forEach { $0() }
+    }
+
+    /// Calls `hook` once when this context (or its parent) is cancelled by `cancel()`; at once if it already was.
+    /// Deadlines are not events: poll `isCancelled`, or schedule on `deadline`.
+    public func onCancel(_ hook: @escaping () -> Void) {
+        lock.lock()
+        if cancelled {
+            lock.unlock()
+            hook()
+            return
+        }
+        hooks.append(hook)
+        lock.unlock()
+        parent?.onCancel(hook)
+    }
 
     /// True once the broker cancelled the job or its deadline passed; handlers poll it between steps.
     public var isCancelled: Bool {
@@ -86,8 +109,11 @@ public final class JobContext: @unchecked Sendable {
     /// Throws `EngineError.cancelled` when cancelled.
     public func check() throws { if isCancelled { throw EngineError.cancelled } }
 
-    /// Reports progress (`done` of `total` steps), sent to the client as a PARTIAL-style message.
-    public func progress(_ done: Int, of total: Int, message: String? = nil) { report(done, total, message) }
+    /// Reports progress (`done` of `total` steps), sent to the client as a PARTIAL-style message; `fields`
+    /// (JSON values, e.g. pass/step/stage) go into that message's header.
+    public func progress(_ done: Int, of total: Int, message: String? = nil, fields: [String: Any] = [:]) {
+        report(done, total, message, fields)
+    }
 }
 
 /// A job a worker can run. Handlers are shared by the worker's job threads, so they must be thread-safe
@@ -168,15 +194,14 @@ public struct SCMHandler: JobHandler {
     }
 }
 
-// The pipeline's `restore` and `detect` handlers plug in here when Engine's AutoDIR pipeline lands:
-// a `RestoreHandler` (op "restore": PNG or float32 [1, 3, H, W] + options prompt/seed/steps → same dtype,
-// progress per sampler step, `context.check()` between steps) and a `DetectHandler` (op "detect": image →
-// JSON scores in `extra`, dtype none). `WorkerHandlers.standard` below is where they get registered.
+/// The standard handler sets (the `restore`, `detect` handlers are in PipelineHandlers.swift).
 public enum WorkerHandlers {
-    /// The handlers a worker serves: echo and sleep always, scm when a model folder with `scm/` is given.
-    public static func standard(modelDirectory: String?) throws -> [JobHandler] {
+    /// The handlers a worker serves: echo and sleep always; with a model folder, restore, detect and scm from a
+    /// full AutoDIR folder (one pipeline, shared by the job threads), or scm alone from a folder with `scm/`.
+    /// What does not load is reported through `log` and not served.
+    public static func standard(modelDirectory: String?, log: (String) -> Void = { _ in }) throws -> [JobHandler] {
         var handlers: [JobHandler] = [EchoHandler(), SleepHandler()]
-        if let dir = modelDirectory { handlers.append(try SCMHandler(modelDirectory: dir)) }
+        if let dir = modelDirectory { handlers += model(directory: dir, log: log) }
         return handlers
     }
 }

@@ -186,12 +186,17 @@ public final class PoolWorker: @unchecked Sendable {
     /// Runs on a job thread: the handler, then a result or error message to the I/O thread.
     func runJob(_ job: Job, _ ctx: JobContext, _ push: ZMQSocket) {
         var lastProgress: UInt64 = 0
+        var lastStage: String?
         // The handler's context: cancelled with `ctx` (which the I/O thread holds), reports through this thread's socket.
-        let handlerCtx = JobContext(deadline: ctx.deadline, parent: ctx) { done, total, message in
+        let handlerCtx = JobContext(deadline: ctx.deadline, parent: ctx) { done, total, message, fields in
             let now = MonotonicClock.now()
-            guard now >= lastProgress + 10 || done >= total else { return }   // at most ~100 progress messages a second
+            let stage = fields["stage"] as? String
+            // At most ~100 progress messages a second; the last step and a change of stage always go out.
+            guard now >= lastProgress + 10 || done >= total || stage != lastStage else { return }
             lastProgress = now
-            var p: [String: Any] = ["v": Wire.version, "type": "progress", "id": job.id, "done": done, "total": total]
+            lastStage = stage
+            var p: [String: Any] = fields
+            p["v"] = Wire.version; p["type"] = "progress"; p["id"] = job.id; p["done"] = done; p["total"] = total
             if let message { p["message"] = message }
             _ = try? push.send([Wire.encode(p)])
         }

@@ -90,9 +90,14 @@ func withReadableErrors<T>(_ body: () throws -> T) throws -> T {
     }
 }
 
-/// What a worker serves: --model or models/scm-demo for `scm`, or a random-weight NAFNet for benchmarks.
+/// What a worker serves: restore, detect and scm from an AutoDIR model folder (--model, else $AUTODIR_MODEL,
+/// else models/autodir-tiny, as `autodir restore` finds it), loaded once per process; scm alone from a folder with
+/// just scm/ (default models/scm-demo when no AutoDIR folder loads); or a random-weight NAFNet for benchmarks.
+/// A folder that does not load is reported on stderr and its ops are not announced.
 struct WorkerModelOptions: ParsableArguments {
-    @Option(help: "Model folder (its scm/ serves op scm; default: models/scm-demo when present).") var model: String?
+    @Option(help: ArgumentHelp("Model folder: a full AutoDIR folder serves restore, detect and scm; one with only scm/ serves scm.",
+                               discussion: "Default: $AUTODIR_MODEL, else models/autodir-tiny (as for `autodir restore`); scm alone falls back to models/scm-demo."))
+    var model: String?
     @Option(help: "Serve scm with a random-weight NAFNet of this width instead of a model folder (benchmarks).")
     var randomScmWidth: Int?
 
@@ -103,10 +108,22 @@ struct WorkerModelOptions: ParsableArguments {
             var config = NAFNetConfig()
             config.width = width
             handlers.append(SCMHandler(model: try withReadableErrors { try NAFNet(config: config, weights: WeightLoader.random(seed: 0)) }))
-        } else if let dir = model ?? (FileManager.default.fileExists(atPath: "models/scm-demo/scm/config.json") ? "models/scm-demo" : nil) {
-            handlers.append(try withReadableErrors { try SCMHandler(modelDirectory: dir) })
+            return handlers
         }
-        return handlers
+        let env = ProcessInfo.processInfo.environment["AUTODIR_MODEL"].flatMap { $0.isEmpty ? nil : $0 }
+        let dir = model ?? env ?? findRepositoryPath("models/autodir-tiny/model_index.json").map { ($0 as NSString).deletingLastPathComponent }
+        var served: [JobHandler] = []
+        if let dir {
+            served = WorkerHandlers.model(directory: dir, log: logLine)
+        } else {
+            logLine("worker: not serving restore/detect: no AutoDIR model folder (pass --model DIR or set AUTODIR_MODEL; "
+                + "the default models/autodir-tiny was not found)")
+        }
+        if !served.contains(where: { $0.op == "scm" }), model == nil,
+           FileManager.default.fileExists(atPath: "models/scm-demo/scm/config.json") {
+            served += WorkerHandlers.model(directory: "models/scm-demo", log: { _ in })
+        }
+        return handlers + served
     }
 }
 
