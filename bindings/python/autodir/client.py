@@ -181,14 +181,26 @@ class Client:
         x = self._nchw(img)
         return self._hwc(self.call("scm", np.concatenate([x, x], axis=1), **kw))
 
-    def restore(self, img: np.ndarray, prompt: Optional[str] = None, seed: int = 0, **kw) -> np.ndarray:
-        """Full AutoDIR restoration (needs workers serving op ``restore``)."""
-        opts = {"seed": seed}
+    def restore(self, img: Union[np.ndarray, bytes], prompt: Optional[str] = None, seed: int = 0, **kw):
+        """Full AutoDIR restoration (needs workers serving op ``restore``, i.e. started with a model folder).
+
+        ``img``: an H×W×3 image (uint8, or float in [0, 1]) → float32 H×W×3 in [0, 1]; or PNG bytes → PNG
+        bytes. ``prompt``: a user instruction (one pass) instead of automatic detection. Other options
+        (docs/PROTOCOL.md §8): ``steps``, ``cfg_text``, ``cfg_image``, ``max_passes``, ``color_fix``,
+        ``sampler``, ``bit_depth`` (PNG); plus ``deadline_ms``, ``progress(done, total)`` and ``id`` as for
+        ``call``. The same seed gives the same image as ``autodir.Engine.restore`` (within float rounding).
+        """
+        opts: dict = {"seed": int(seed)}
         if prompt is not None:
             opts["prompt"] = prompt
-        opts.update(kw)
+        opts.update({k: v for k, v in kw.items() if v is not None})
+        if isinstance(img, (bytes, bytearray, memoryview)):
+            return self.call("restore", img, **opts)
         return self._hwc(self.call("restore", self._nchw(img), **opts))
 
-    def detect(self, img: np.ndarray, **kw) -> dict:
-        """Degradation detection (BIQA) scores (needs workers serving op ``detect``)."""
-        return self.call("detect", self._nchw(img), **kw)
+    def detect(self, img: Union[np.ndarray, bytes], **kw) -> dict:
+        """Degradation detection (BIQA): ``{"artifact": name, "probabilities": {category: p, ...}}``, as
+        ``autodir.Engine.detect`` (needs workers serving op ``detect``). ``img`` as for ``restore``."""
+        x = img if isinstance(img, (bytes, bytearray, memoryview)) else self._nchw(img)
+        h = self.call("detect", x, **kw)
+        return {"artifact": h["artifact"], "probabilities": h["probabilities"]}

@@ -146,3 +146,114 @@ def test_curve(tmp_path):
         for p in procs:
             p.terminate()
             p.wait(timeout=3)
+
+
+# -- restore / detect through a real broker + worker with the tiny random model ------------------------------
+FIXTURES = os.path.join(ROOT, "Tests", "EngineTests", "Fixtures", "pipeline")
+MODEL = os.environ.get("AUTODIR_TEST_MODEL", os.path.join(FIXTURES, "tiny-model"))
+SAMPLE = os.path.join(FIXTURES, "sample.png")
+
+
+def _pipeline_binary():
+    """A built autodir-cli whose workers serve restore/detect (an older build may not)."""
+    env = os.environ.get("AUTODIR_CLI")
+    found = [env] if env else glob.glob(os.path.join(ROOT, ".build*", "*", "autodir-cli")) + \
+        glob.glob(os.path.join(ROOT, ".build*", "*", "*", "autodir-cli"))
+    found = [p for p in found if p and os.access(p, os.X_OK)]
+    found.sort(key=os.path.getmtime, reverse=True)
+    for p in found:
+        if b"AUTODIR_MODEL" in subprocess.run([p, "worker", "--help"], stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT).stdout:
+            return p
+    pytest.skip("no autodir-cli whose workers serve restore/detect (swift build), or set AUTODIR_CLI")
+
+
+def _engine_or_none():
+    try:
+        from autodir.engine import Engine
+        import autodir.engine
+        autodir.engine.library_path()
+    except (ImportError, Error):
+        return None
+    return Engine(MODEL)
+
+
+@pytest.fixture(scope="module")
+def model_pool():
+    if not os.path.isfile(os.path.join(MODEL, "model_index.json")):
+        pytest.skip(f"model folder {MODEL} not present")
+    exe = _pipeline_binary()
+    cp, wp = _port(), _port()
+    procs = [subprocess.Popen([exe, "broker", "--clients", f"tcp://127.0.0.1:{cp}", "--workers", f"tcp://127.0.0.1:{wp}", *FAST],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+             subprocess.Popen([exe, "worker", "--connect", f"tcp://127.0.0.1:{wp}", "--model", MODEL, "--name", "model", *FAST],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    endpoint = f"tcp://127.0.0.1:{cp}"
+    try:
+        with Client(endpoint, timeout=0.5, retries=0) as c:
+            for _ in range(200):
+                try:
+                    ws = c.status()["workers"]
+                    if ws and "restore" in ws[0]["ops"] and "detect" in ws[0]["ops"]:
+                        break
+                except Error:
+                    pass
+                time.sleep(0.05)
+            else:
+                pytest.fail("the worker never announced restore and detect")
+        yield endpoint
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_restore_through_pool_matches_engine(model_pool):
+    x = np.random.default_rng(4).random((38, 53, 3)).astype(np.float32)
+    seen = []
+    with Client(model_pool, timeout=20, retries=0) as c:
+        y = c.restore(x, seed=5, steps=2, max_passes=2, progress=lambda d, t: seen.append((d, t)))
+        assert y.dtype == np.float32 and y.shape == (38, 53, 3)
+        assert np.all((y >= 0) & (y <= 1))
+        assert seen and all(0 <= d <= t for d, t in seen)
+        # PNG bytes in → PNG bytes out; a prompt is exactly one pass.
+        with open(SAMPLE, "rb") as f:
+            png = f.read()
+        out = c.restore(png, prompt="remove the noise", steps=1, seed=1)
+        assert isinstance(out, bytes) and out[:8] == b"\x89PNG\r\n\x1a\n"
+        with pytest.raises(Error) as e:
+            c.restore(x, steps="many")
+        assert e.value.code == "invalid_input"
+    engine = _engine_or_none()
+    if engine is None:
+        pytest.skip("libautodir not built: no in-process comparison")
+    with engine:
+        expected = engine.restore(x, seed=5, steps=2, max_passes=2)
+    assert expected.shape == y.shape
+    assert np.abs(expected - y).max() <= 1e-5
+
+
+def test_detect_through_pool_matches_engine(model_pool):
+    x = np.random.default_rng(5).random((40, 31, 3)).astype(np.float32)
+    with Client(model_pool, timeout=20, retries=0) as c:
+        d = c.detect(x)
+        with open(SAMPLE, "rb") as f:
+            d_png = c.detect(f.read())
+    for r in (d, d_png):
+        assert set(r) == {"artifact", "probabilities"}
+        assert r["artifact"] in r["probabilities"]
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-4
+    engine = _engine_or_none()
+    if engine is None:
+        pytest.skip("libautodir not built: no in-process comparison")
+    with engine:
+        for got, image in ((d, x), (d_png, SAMPLE)):
+            e = engine.detect(image)
+            assert got["artifact"] == e["artifact"]
+            assert set(got["probabilities"]) == set(e["probabilities"])
+            for k, p in e["probabilities"].items():
+                assert abs(got["probabilities"][k] - p) <= 1e-5, k
