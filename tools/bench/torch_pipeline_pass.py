@@ -51,6 +51,8 @@ def main():
     ap.add_argument("--res", type=int, default=512)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--warmup-steps", type=int, default=0,
+                    help="steps of the untimed warm-up pass (default: --steps; 1 warms every component at a fraction of the cost)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -62,17 +64,17 @@ def main():
         x = torch.rand(1, 3, a.res, a.res) * 2 - 1
         unet_calls = []
 
-        def one_pass():
+        def one_pass(steps):
             ref.eps_model.calls = 0
             _, _, context = ref.detect(x)
-            ref.restore_pass(x, context, a.steps, 0, 1.0, 1.0, three_branches=True)
+            ref.restore_pass(x, context, steps, 0, 1.0, 1.0, three_branches=True)
             unet_calls.append(ref.eps_model.calls)
 
-        one_pass()  # warm-up
+        one_pass(a.warmup_steps or a.steps)  # warm-up
         ts = []
         for _ in range(a.runs):
             t = time.perf_counter()
-            one_pass()
+            one_pass(a.steps)
             ts.append(time.perf_counter() - t)
     ts.sort()
     out = {"component": "pipeline_pass", "torch": torch.__version__, "threads": torch.get_num_threads(), "res": a.res,
