@@ -1,0 +1,1064 @@
+"""Trains autodir-tiny (issue 5): a small AutoDIR (BIQA + VAE + AIR + SCM, AUTODIR.md) on this machine's
+CPU, and exports it to models/autodir-tiny in the model-folder format of ARCHITECTURE.md section 3
+(exactly the export code/format of tools/fixtures/make_pipeline_fixture.py).
+
+Stages (each resumable; per-stage checkpoints in <cache>/autodir-tiny/, default
+~/.cache/autodir-train/autodir-tiny/):
+
+  pool     A fixed pool of (clean, degraded, label) 224x224 uint8 pairs from the TRAINING split
+           (training/data.py multi-scale sampler, region 224-672 px; training/degradations.py, category
+           i % 8 for pair i, rng seeded with (seed, 7777, i)). Shared by every later stage.
+  vae      diffusers AutoencoderKL, KL-f8, 4 latent channels, block_out (16, 32, 64, 64),
+           layers_per_block 1, 8 norm groups, mid-block attention. Random 64x64 crops of clean and
+           degraded pool images (flips). Loss: L1 + 0.5 * L1 of the image gradients (finite
+           differences) + 1e-5 * KL (mean per latent element). At the end the latent space is
+           re-parametrised EXACTLY (quant_conv mean rows * c, logvar bias + 2 log c,
+           post_quant_conv weight / c) so that 0.18215 * latent has unit standard deviation on the
+           pool: the AutoDIR scale factor 0.18215 is then the right one for this VAE.
+  biqa     transformers CLIPModel: text 2 layers, hidden 64, 2 heads, the real 49408 vocab, 77
+           positions; vision ViT image 224, patch 32 (49 tokens + class), hidden 128, 4 layers,
+           4 heads; projection 64; quick_gelu, eps 1e-5. Input exactly as the engine's BIQA: the 224
+           crop at native resolution, /255, CLIP mean/std. AutoDIR's losses: cross-entropy of the
+           image-text logits (logit_scale * cos) over the 8 prompts "A photo needs {c} artifact
+           reduction" against the true category, plus the ranking term: the CLEAN version of a
+           degraded image must score lower on that degradation's prompt than the degraded one
+           (hinge, margin 0.2 in cosine). AutoDIR freezes its (pretrained) text encoder; we have no
+           pretrained CLIP, so the text tower is trained too (it only ever has to separate 8 prompts).
+  air      diffusers UNet2DConditionModel, in 8 / out 4, block_out (32, 64, 64), layers_per_block 1, 16 norm
+           groups, CrossAttn at the two LOWER-resolution levels (none at full latent resolution:
+           5x faster at 512x512 than SD's layout), 4 heads, cross_attention_dim 64 (the CLIP text hidden
+           size). epsilon-prediction on the AutoDIR schedule (1000 steps, scaled_linear
+           0.00085-0.012), integer t ~ U{0..999}: input cat[z_t, z_img] with
+           z_t = sqrt(abar) z0 + sqrt(1 - abar) eps, z0 = 0.18215 * mode(E(clean)),
+           z_img = mode(E(degraded)) (NOT scaled), context = last_hidden_state (attention mask) of the
+           TRUE category's prompt from the trained CLIP text tower. Conditioning drops for CFG: 5 %
+           null text (last_hidden_state of "" from input_ids only, as the engine's null context), 5 %
+           zero image latent, 5 % both. 25 % of the samples are "zero-signal" t = 999 samples (pure
+           noise input, target eps - z0 sqrt(abar)/sqrt(1-abar), loss weighted by sigma_999^2): the
+           sampler starts from pure noise, and without them a short-trained model reads the 6.8 %
+           of clean signal left in z_999 instead of z_img. Latents of the pool are cached; random 16x16 latent crops
+           (128 px), flips.
+  biqavis  continues biqa with the text tower FROZEN (vision tower, projections and logit scale only):
+           AIR's context is the text tower's last_hidden_state, so once AIR has started from it the text
+           tower must not move; this lets BIQA keep training side by side with AIR. Downstream stages
+           (airsamples, export) use biqavis when it has finished, else biqa.
+  scmpre   NAFNet (tools/reference/nafnet.py) img_channel 6, width 16, enc [1,1,1,1], middle 1,
+           dec [1,1,1,1], in [-1, 1]: input cat[degraded, degraded] -> clean, L1 (the "SCM alone"
+           pre-training; runs after biqavis, side by side with `air`, under --jobs 2). Optional: without
+           it the scm stage starts from scratch.
+  airsamples  AIR outputs for the SCM: pool pairs (every category but "no", a fixed subset) are run
+           through BIQA (context = sum p_i T_i, as the pipeline's first pass) and AIR (k-diffusion
+           Euler ancestral, --air-sample-steps steps, seed = pair index) at 224x224 and decoded;
+           cached (invalidated when the VAE, BIQA or AIR checkpoint changes).
+  scm      continues scmpre (if any): input cat[degraded, x_air] -> clean (75 %) or cat[degraded, degraded]
+           (25 %, keeps the "SCM alone" ablation meaningful), L1, random 64x64 crops.
+  export   models/autodir-tiny (F16 tensors), model_index.json, MODEL_CARD.md skeleton (the validation
+           table is filled by `python -m training.evaluate --write-card`).
+
+Budgets: `--minutes-per-stage` is either one number for every training stage or
+"vae=40,biqa=25,air=70,biqavis=35,scmpre=30,scm=30" (the defaults: with --jobs 2 about 2 h 50 min in all,
+caches included). A stage stops when its trained wall-clock time (summed across
+resumptions) reaches its budget; learning rates follow a cosine over the budget. Re-running with a larger
+budget continues the stage (the cosine restarts from the new position: a warm restart); downstream
+stages then continue from their own checkpoints, and the caches that depend on an upstream checkpoint
+are rebuilt. `--redo STAGE[,STAGE]` discards those stages' checkpoints first.
+
+Determinism: every batch is a function of (seed, stage, step) only; torch is seeded per stage; one
+thread per process by default.
+
+Usage (repository root):
+    nohup /work/venv/bin/python -m training.train_autodir_tiny --jobs 2 > /tmp/autodir_tiny.log 2>&1 &
+          # --jobs 2: vae || biqa, then air || (biqavis, scmpre), then airsamples, scm, export
+    /work/venv/bin/python -m training.train_autodir_tiny                   # everything in one process
+    /work/venv/bin/python -m training.train_autodir_tiny --stages biqa --minutes-per-stage biqa=30
+    /work/venv/bin/python -m training.train_autodir_tiny --stages export
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.join(REPO, "tools") not in sys.path:
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+
+from training import degradations  # noqa: E402
+from training.data import PatchSampler, PhotoSet, default_cache  # noqa: E402
+
+CATEGORIES = list(degradations.CATEGORIES)
+TEMPLATE = "A photo needs {} artifact reduction"
+PROMPTS = [TEMPLATE.format(c) for c in CATEGORIES]
+SCALE = 0.18215
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+TOKENIZER_DIR = os.path.join(REPO, "Tests", "EngineTests", "Fixtures", "tokenizer")
+
+STAGES = ["pool", "vae", "biqa", "air", "biqavis", "scmpre", "airsamples", "scm", "export"]
+TRAINED = ["vae", "biqa", "air", "biqavis", "scmpre", "scm"]
+DEFAULT_MINUTES = {"vae": 40.0, "biqa": 25.0, "air": 70.0, "biqavis": 35.0, "scmpre": 30.0, "scm": 30.0}
+
+VAE_CONFIG = dict(in_channels=3, out_channels=3, block_out_channels=(16, 32, 64, 64),
+                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=128,
+                  scaling_factor=SCALE)
+CLIP_TEXT = dict(vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+                 layer_norm_eps=1e-5, projection_dim=64)
+CLIP_VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                   image_size=224, patch_size=32, num_channels=3, hidden_act="quick_gelu",
+                   layer_norm_eps=1e-5, projection_dim=64)
+UNET_CONFIG = dict(sample_size=16, in_channels=8, out_channels=4, block_out_channels=(32, 64, 64),
+                   layers_per_block=1,
+                   down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                   attention_head_dim=4, cross_attention_dim=64, norm_num_groups=16)
+SCM_CONFIG = {"img_channel": 6, "out_channel": 3, "width": 16, "enc_blk_nums": [1, 1, 1, 1],
+              "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1, 1]}
+SCHEDULER = {"_class_name": "EulerAncestralDiscreteScheduler", "num_train_timesteps": 1000,
+             "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+             "prediction_type": "epsilon", "steps_offset": 1}
+DEFAULT_STEPS = 10
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def save_atomic(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_ckpt(path: str):
+    if os.path.exists(path):
+        return torch.load(path, map_location="cpu", weights_only=False)
+    return None
+
+
+def lr_at(progress: float, step: int, base: float, warmup: int = 100, floor: float = 1e-6) -> float:
+    p = min(max(progress, 0.0), 1.0)
+    lr = floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * p))
+    return lr * min(1.0, (step + 1) / warmup)
+
+
+def u8_to_pm1(a: np.ndarray) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> float N x 3 x H x W in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float()
+    return t / 127.5 - 1.0
+
+
+def clip_pixels(x_pm1: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """[-1,1] N x 3 x H x W (H, W >= size) -> CLIP pixel_values of the centre size x size crop."""
+    h, w = x_pm1.shape[2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    x = (x_pm1[:, :, top:top + size, left:left + size] + 1) / 2
+    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype)[:, None, None]
+    std = torch.tensor(CLIP_STD, dtype=x.dtype)[:, None, None]
+    return (x - mean) / std
+
+
+def tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(os.path.join(TOKENIZER_DIR, "vocab.json"), os.path.join(TOKENIZER_DIR, "merges.txt"))
+
+
+def n_params(m) -> int:
+    return int(sum(p.numel() for p in m.state_dict().values()))
+
+
+class Ctx:
+    """Run-wide settings and paths."""
+
+    def __init__(self, a):
+        self.a = a
+        self.cache = a.cache
+        self.dir = os.path.join(a.cache, "autodir-tiny")
+        os.makedirs(self.dir, exist_ok=True)
+        self.seed = a.seed
+        self.minutes = parse_minutes(a.minutes_per_stage)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+
+def parse_minutes(spec: str | None) -> dict:
+    out = dict(DEFAULT_MINUTES)
+    if not spec:
+        return out
+    if "=" not in spec:
+        return {k: float(spec) for k in out}
+    for part in spec.split(","):
+        k, v = part.split("=")
+        k = k.strip()
+        if k not in out:
+            raise SystemExit(f"unknown stage {k!r} in --minutes-per-stage (one of {list(out)})")
+        out[k] = float(v)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# pool
+
+
+def pool_path(ctx: Ctx) -> str:
+    return ctx.path(f"pool_s{ctx.seed}_n{ctx.a.pool_size}.npz")
+
+
+def stage_pool(ctx: Ctx) -> None:
+    path = pool_path(ctx)
+    if os.path.exists(path):
+        log(f"pool: {path} exists")
+        return
+    ds = PhotoSet("train", ctx.cache, log=log)
+    sampler = PatchSampler(ds.images, patch=224, min_scale=1.0, max_scale=3.0, augment=True)
+    n = ctx.a.pool_size
+    clean = np.zeros((n, 224, 224, 3), np.uint8)
+    deg = np.zeros((n, 224, 224, 3), np.uint8)
+    labels = np.zeros(n, np.int64)
+    t0 = time.time()
+    for i in range(n):
+        rng = np.random.default_rng([ctx.seed, 7777, i])
+        k = i % len(CATEGORIES)
+        c = sampler.sample(rng)
+        d, _ = degradations.degrade(c, CATEGORIES[k], rng)
+        clean[i] = (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)
+        deg[i] = (np.clip(d, 0, 1) * 255 + 0.5).astype(np.uint8)
+        labels[i] = k
+        if (i + 1) % 500 == 0:
+            log(f"pool {i + 1}/{n} ({time.time() - t0:.0f} s)")
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, clean=clean, deg=deg, labels=labels)
+    os.replace(tmp, path)
+    with open(ctx.path("pool_info.json"), "w") as f:
+        json.dump({"n": n, "seed": ctx.seed, "seconds": time.time() - t0, "train_images": len(ds)}, f)
+    log(f"pool: {n} pairs in {time.time() - t0:.0f} s -> {path}")
+
+
+def load_pool(ctx: Ctx):
+    z = np.load(pool_path(ctx))
+    return z["clean"], z["deg"], z["labels"]
+
+
+# ----------------------------------------------------------------------------------------------
+# model builders
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def make_clip():
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(text_config=CLIP_TEXT, vision_config=CLIP_VISION, projection_dim=64,
+                        logit_scale_init_value=2.6592)
+    config._attn_implementation = "eager"
+    return CLIPModel(config)
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def make_scm():
+    from reference.nafnet import NAFNet
+
+    return NAFNet.from_config(SCM_CONFIG)
+
+
+# ----------------------------------------------------------------------------------------------
+# the generic training loop
+
+
+class Trainer:
+    """Clock-budgeted, resumable loop: `step_fn(step) -> loss` does one optimiser step."""
+
+    def __init__(self, ctx: Ctx, name: str, model, lr: float, extra_state=None, betas=(0.9, 0.99),
+                 weight_decay=0.0):
+        self.ctx, self.name, self.model = ctx, name, model
+        self.path = ctx.path(f"{name}.pt")
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+        self.base_lr = lr
+        self.budget = ctx.minutes[name] * 60.0
+        self.state = {"step": 0, "elapsed": 0.0, "history": [], **(extra_state or {})}
+        ck = load_ckpt(self.path)
+        if ck is not None:
+            model.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["opt"])
+            self.state.update(ck["state"])
+            log(f"{name}: resumed at step {self.state['step']}, {self.state['elapsed'] / 60:.1f} min trained")
+
+    def checkpoint(self, **extra):
+        self.state.update(extra)
+        save_atomic(self.path, {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                                "state": self.state})
+
+    def run(self, step_fn, eval_fn=None, eval_every=500, log_every=50):
+        torch.manual_seed(self.ctx.seed * 1000 + STAGES.index(self.name) * 7 + self.state["step"])
+        self.model.train()
+        last_ck = time.time()
+        t_mark = time.time()
+        run, n = 0.0, 0
+        while self.state["elapsed"] < self.budget:
+            step = self.state["step"]
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(self.state["elapsed"] / self.budget, step, self.base_lr)
+            loss = step_fn(step)
+            self.state["step"] += 1
+            now = time.time()
+            # a step never takes 30 s: a longer gap means the process was stopped (SIGSTOP, suspend) and
+            # does not count as training time
+            self.state["elapsed"] += min(now - t_mark, 30.0)
+            t_mark = now
+            run += float(loss)
+            n += 1
+            if self.state["step"] % log_every == 0:
+                log(f"{self.name} step {self.state['step']:6d}  {self.state['elapsed'] / 60:5.1f}/"
+                    f"{self.budget / 60:.0f} min  loss {run / n:.4f}  lr {self.opt.param_groups[0]['lr']:.2e}")
+                run, n = 0.0, 0
+            if eval_fn is not None and self.state["step"] % eval_every == 0:
+                self.model.eval()
+                r = eval_fn()
+                self.model.train()
+                self.state["history"].append((self.state["step"], self.state["elapsed"], r))
+                log(f"  {self.name} validation: {r}")
+                t_mark = time.time()  # evaluation time is not training time
+            if now - last_ck > 60:
+                self.checkpoint()
+                last_ck = time.time()
+        self.model.eval()
+        if eval_fn is not None:
+            r = eval_fn()
+            self.state["final_val"] = r
+            log(f"  {self.name} final validation: {r}")
+        self.checkpoint()
+
+
+def val_pairs(ctx: Ctx, n_per: int = 16, size: int = 224, seed: int = 4321):
+    """Fixed validation pairs from the VALIDATION split (uint8), n_per per category, category-major."""
+    ds = PhotoSet("val", ctx.cache, log=lambda *a: None)
+    sampler = PatchSampler(ds.images, patch=size, min_scale=1.0, max_scale=3.0, augment=False)
+    clean, deg, lab = [], [], []
+    for k, cat in enumerate(CATEGORIES):
+        for i in range(n_per):
+            rng = np.random.default_rng([seed, k, i])
+            c = sampler.sample(rng)
+            d, _ = degradations.degrade(c, cat, rng)
+            clean.append((np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8))
+            deg.append((np.clip(d, 0, 1) * 255 + 0.5).astype(np.uint8))
+            lab.append(k)
+    return np.stack(clean), np.stack(deg), np.array(lab)
+
+
+def psnr_pm1(a: torch.Tensor, b: torch.Tensor) -> float:
+    a01, b01 = ((a.clamp(-1, 1) + 1) / 2), ((b.clamp(-1, 1) + 1) / 2)
+    mse = ((a01 - b01) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+def crop_batch(rng, arrays, size):
+    """Same random crop (and flip) of each array in `arrays` (N x H x W x C, same N, H, W)."""
+    n, h, w = arrays[0].shape[:3]
+    outs = [[] for _ in arrays]
+    for i in range(n):
+        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        fl = rng.random() < 0.5
+        for o, arr in zip(outs, arrays):
+            c = arr[i, y:y + size, x:x + size]
+            o.append(c[:, ::-1] if fl else c)
+    return [np.stack(o) for o in outs]
+
+
+# ----------------------------------------------------------------------------------------------
+# VAE
+
+
+def stage_vae(ctx: Ctx) -> None:
+    clean, deg, labels = load_pool(ctx)
+    n = len(clean)
+    vae = make_vae()
+    tr = Trainer(ctx, "vae", vae, lr=ctx.a.vae_lr)
+    vc, vd, _ = val_pairs(ctx, n_per=4)
+    val = u8_to_pm1(np.concatenate([vc, vd]))
+    bs, ps = ctx.a.vae_batch, ctx.a.vae_patch
+
+    def step_fn(step):
+        rng = np.random.default_rng([ctx.seed, 1, step])
+        idx = rng.integers(0, n, bs)
+        which = rng.random(bs) < 0.5
+        imgs = np.where(which[:, None, None, None], clean[idx], deg[idx])
+        (crops,) = crop_batch(rng, [imgs], ps)
+        x = u8_to_pm1(crops)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        l1 = (rec - x).abs().mean()
+        gx = ((rec[..., 1:] - rec[..., :-1]) - (x[..., 1:] - x[..., :-1])).abs().mean()
+        gy = ((rec[..., 1:, :] - rec[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])).abs().mean()
+        kl = (0.5 * (post.mean ** 2 + post.var - 1.0 - post.logvar)).mean()
+        loss = l1 + 0.5 * (gx + gy) + ctx.a.vae_kl * kl
+        tr.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        tr.opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def eval_fn():
+        ps_ = []
+        for i in range(0, len(val), 8):
+            x = val[i:i + 8]
+            ps_.append(psnr_pm1(vae.decode(vae.encode(x).latent_dist.mode()).sample, x))
+        return {"psnr_recon": round(float(np.mean(ps_)), 3)}
+
+    if tr.state["elapsed"] < tr.budget:
+        tr.run(step_fn, eval_fn, eval_every=ctx.a.eval_every)
+    # latent re-parametrisation so that SCALE * latent has unit std on the pool (exact)
+    with torch.no_grad():
+        sub = u8_to_pm1(np.concatenate([clean[:64:2], deg[1:65:2]]))
+        zs = torch.cat([vae.encode(sub[i:i + 8]).latent_dist.mode() for i in range(0, len(sub), 8)])
+        std = float(zs.std())
+        c = 1.0 / (SCALE * std)
+        if abs(c - 1) > 1e-3:
+            qc, pqc = vae.quant_conv, vae.post_quant_conv
+            lc = vae.config.latent_channels
+            qc.weight[:lc] *= c
+            qc.bias[:lc] *= c
+            qc.bias[lc:] += 2 * math.log(c)
+            pqc.weight /= c
+        zs2 = torch.cat([vae.encode(sub[i:i + 8]).latent_dist.mode() for i in range(0, len(sub), 8)])
+        log(f"vae: latent std {std:.3f} -> rescaled by {c:.4f}: 0.18215 * latent std {SCALE * float(zs2.std()):.3f}")
+    r = eval_fn()
+    log(f"vae: final (rescaled) {r}")
+    save_atomic(ctx.path("vae_final.pt"), {"model": vae.state_dict(), "step": tr.state["step"],
+                                           "elapsed": tr.state["elapsed"], "val": r, "rescale": c,
+                                           "params": n_params(vae)})
+
+
+def load_final(ctx: Ctx, name: str):
+    ck = load_ckpt(ctx.path(f"{name}_final.pt"))
+    if ck is None:
+        raise SystemExit(f"stage {name!r} has not finished ({ctx.path(name + '_final.pt')} missing)")
+    maker = {"vae": make_vae, "biqa": make_clip, "biqavis": make_clip, "air": make_unet, "scm": make_scm,
+             "scmpre": make_scm}[name]
+    m = maker()
+    m.load_state_dict(ck["model"])
+    m.eval()
+    return m, ck
+
+
+# ----------------------------------------------------------------------------------------------
+# BIQA
+
+
+def prompt_tokens(tok):
+    enc = tok(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    null = tok([""], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    return enc, null
+
+
+def clip_scores(clip, pixel_values, enc):
+    """logits_per_image [N, 8] = exp(logit_scale) * cos(image, prompt)."""
+    img = clip.visual_projection(clip.vision_model(pixel_values=pixel_values).pooler_output)
+    txt = clip.text_projection(clip.text_model(input_ids=enc["input_ids"],
+                                               attention_mask=enc["attention_mask"]).pooler_output)
+    img = img / img.norm(dim=-1, keepdim=True)
+    txt = txt / txt.norm(dim=-1, keepdim=True)
+    cos = img @ txt.t()
+    return clip.logit_scale.exp().clamp(max=100) * cos, cos
+
+
+def stage_biqa(ctx: Ctx, vision_only: bool = False) -> None:
+    name = "biqavis" if vision_only else "biqa"
+    clean, deg, labels = load_pool(ctx)
+    n = len(clean)
+    clip = make_clip()
+    tok = tokenizer()
+    enc, _ = prompt_tokens(tok)
+    if vision_only:
+        if not os.path.exists(ctx.path("biqavis.pt")):
+            fresh = clip.state_dict()
+            sd = load_ckpt(ctx.path("biqa_final.pt"))["model"]
+            if ctx.a.biqavis_reinit:
+                # a fresh vision tower whose patch embedding starts as a (frequency-weighted) DCT basis
+                for k in sd:
+                    if k.startswith(("vision_model.", "visual_projection.")):
+                        sd[k] = fresh[k]
+                sd["vision_model.embeddings.patch_embedding.weight"] = dct_patch_init(
+                    fresh["vision_model.embeddings.patch_embedding.weight"].shape)
+            clip.load_state_dict(sd)
+            log(f"biqavis: initialised from biqa (vision tower {'re-initialised, DCT patch embedding' if ctx.a.biqavis_reinit else 'kept'})")
+        # the text tower's last_hidden_state is AIR's context: it must not move any more
+        for p_ in clip.text_model.parameters():
+            p_.requires_grad_(False)
+    tr = Trainer(ctx, name, clip, lr=ctx.a.biqavis_lr if vision_only else ctx.a.biqa_lr, weight_decay=0.01)
+    vc, vd, vl = val_pairs(ctx, n_per=ctx.a.val_per_class)
+    vx = clip_pixels(u8_to_pm1(vd))
+    bs = ctx.a.biqa_batch
+    no = CATEGORIES.index("no")
+
+    def step_fn(step):
+        rng = np.random.default_rng([ctx.seed, 6 if vision_only else 2, step])
+        idx = rng.integers(0, n, bs)
+        k = int(rng.integers(0, 4))
+        fl = rng.random() < 0.5
+        d, c = deg[idx], clean[idx[:bs // 2]]
+        if fl:
+            d, c = d[:, :, ::-1], c[:, :, ::-1]
+        d, c = np.rot90(d, k, axes=(1, 2)), np.rot90(c, k, axes=(1, 2))
+        y = torch.from_numpy(labels[idx])
+        x = clip_pixels(u8_to_pm1(np.concatenate([d, c])))
+        logits, cos = clip_scores(clip, x, enc)
+        ce = F.cross_entropy(logits[:bs], y)
+        m = y != no
+        if m.any():
+            sd = cos[:bs][torch.arange(bs), y]
+            h = bs // 2
+            sc = cos[bs:][torch.arange(h), y[:h]]
+            mh = m[:h]
+            rank = F.relu(0.2 + sc - sd[:h])[mh].mean() if mh.any() else torch.zeros(())
+        else:
+            rank = torch.zeros(())
+        loss = ce + ctx.a.biqa_rank * rank
+        tr.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        tr.opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def eval_fn():
+        preds = []
+        for i in range(0, len(vx), 32):
+            logits, _ = clip_scores(clip, vx[i:i + 32], enc)
+            preds.append(logits.argmax(1))
+        p = torch.cat(preds).numpy()
+        return {"top1": round(float((p == vl).mean()), 4)}
+
+    if tr.state["elapsed"] < tr.budget:
+        tr.run(step_fn, eval_fn, eval_every=ctx.a.eval_every, log_every=50)
+    r = eval_fn()
+    save_atomic(ctx.path(f"{name}_final.pt"), {"model": clip.state_dict(), "step": tr.state["step"],
+                                               "elapsed": tr.state["elapsed"], "val": r,
+                                               "params": n_params(clip)})
+    log(f"{name}: final {r}")
+
+
+def dct_patch_init(shape):
+    """[D, 3, P, P] patch-embedding weights: per-channel DC filters, then luminance 2-D DCT-II basis
+    functions spread over the whole spectrum, each scaled by (1 + radial frequency) (a rough whitening of
+    natural images' 1/f spectrum, so that high-frequency content -- noise, blur, resolution -- is not
+    drowned by the DC terms after the pre-layer-norm)."""
+    d, c, p, _ = shape
+    x = torch.arange(p, dtype=torch.float64)
+    def basis(u):
+        b = torch.cos(math.pi * (2 * x + 1) * u / (2 * p))
+        return b / b.norm()
+    w = torch.zeros(shape, dtype=torch.float64)
+    for ch in range(min(c, d)):
+        w[ch, ch] = basis(0)[:, None] * basis(0)[None, :]
+    freqs = sorted({int(round(v)) for v in np.geomspace(1, p - 1, 12)} | {0})
+    pairs = [(u, v) for u in freqs for v in freqs if (u, v) != (0, 0)]
+    pairs.sort(key=lambda uv: (uv[0] ** 2 + uv[1] ** 2, uv))
+    k = c
+    i = 0
+    while k < d:
+        u, v = pairs[i % len(pairs)]
+        f = basis(u)[:, None] * basis(v)[None, :] * (1 + math.hypot(u, v))
+        if i < len(pairs):
+            w[k] = f[None] / math.sqrt(c)  # luminance
+        else:  # second round (if D is larger than the grid): colour-opponent versions
+            w[k, 0], w[k, 2] = f / math.sqrt(2), -f / math.sqrt(2)
+        k += 1
+        i += 1
+    return w.float()
+
+
+def load_biqa(ctx: Ctx):
+    """The BIQA to use downstream of AIR: biqavis (text tower frozen, vision tower trained further or
+    re-trained) when it has finished AND validates at least as well as biqa, else biqa."""
+    if os.path.exists(ctx.path("biqavis_final.pt")):
+        v = load_ckpt(ctx.path("biqavis_final.pt"))["val"]["top1"]
+        b = load_ckpt(ctx.path("biqa_final.pt"))["val"]["top1"]
+        if v >= b:
+            return load_final(ctx, "biqavis")
+        log(f"biqavis validates worse than biqa ({v} < {b}): using biqa")
+    return load_final(ctx, "biqa")
+
+
+@torch.no_grad()
+def text_states(clip, tok):
+    """(prompt last_hidden_states [8, 77, D] with the attention mask, null context [1, 77, D] from
+    input_ids only): exactly the reference pipeline's contexts."""
+    enc, null = prompt_tokens(tok)
+    ps = clip.text_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    nl = clip.text_model(input_ids=null["input_ids"]).last_hidden_state
+    return ps, nl
+
+
+# ----------------------------------------------------------------------------------------------
+# AIR
+
+
+def latents_path(ctx):
+    return ctx.path("pool_latents.pt")
+
+
+@torch.no_grad()
+def pool_latents(ctx: Ctx, vae, vae_step: int):
+    """mode(E(x)) of clean and degraded pool images at 224 (28x28 latents), cached per VAE checkpoint."""
+    p = latents_path(ctx)
+    ck = load_ckpt(p)
+    n = min(ctx.a.latent_pool, len(load_pool(ctx)[2]))
+    if ck is not None and ck["vae_step"] == vae_step and ck["n"] == n:
+        return ck["zc"], ck["zd"], ck["labels"]
+    clean, deg, labels = load_pool(ctx)
+    zc, zd = [], []
+    t0 = time.time()
+    for i in range(0, n, 16):
+        zc.append(vae.encode(u8_to_pm1(clean[i:i + 16])).latent_dist.mode())
+        zd.append(vae.encode(u8_to_pm1(deg[i:i + 16])).latent_dist.mode())
+        if (i // 16) % 25 == 0:
+            log(f"air: encoding pool {i}/{n} ({time.time() - t0:.0f} s)")
+    out = {"zc": torch.cat(zc).half(), "zd": torch.cat(zd).half(), "labels": torch.from_numpy(labels[:n]),
+           "vae_step": vae_step, "n": n}
+    save_atomic(p, out)
+    return out["zc"], out["zd"], out["labels"]
+
+
+def alphas_cumprod():
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+def stage_air(ctx: Ctx) -> None:
+    vae, vck = load_final(ctx, "vae")
+    clip, bck = load_final(ctx, "biqa")
+    tok = tokenizer()
+    ps, null = text_states(clip, tok)
+    zc, zd, labels = pool_latents(ctx, vae, vck["step"])
+    zc, zd = zc.float() * SCALE, zd.float()
+    n = len(zc)
+    unet = make_unet()
+    tr = Trainer(ctx, "air", unet, lr=ctx.a.air_lr, extra_state={"vae_step": vck["step"], "biqa_step": bck["step"]})
+    if tr.state.get("vae_step") != vck["step"] or tr.state.get("biqa_step") != bck["step"]:
+        log(f"air: upstream changed (vae {tr.state.get('vae_step')} -> {vck['step']}, biqa "
+            f"{tr.state.get('biqa_step')} -> {bck['step']}): continuing from the AIR checkpoint")
+        tr.state["vae_step"], tr.state["biqa_step"] = vck["step"], bck["step"]
+    ac = alphas_cumprod()
+    bs, ls = ctx.a.air_batch, ctx.a.air_latent
+    lat = zc.shape[-1]
+
+    def batch(rng, b):
+        idx = rng.integers(0, n, b)
+        ys, xs = rng.integers(0, lat - ls + 1, b), rng.integers(0, lat - ls + 1, b)
+        z0 = torch.stack([zc[i, :, y:y + ls, x:x + ls] for i, y, x in zip(idx, ys, xs)])
+        zi = torch.stack([zd[i, :, y:y + ls, x:x + ls] for i, y, x in zip(idx, ys, xs)])
+        fl = torch.from_numpy(rng.random(b) < 0.5)
+        z0 = torch.where(fl[:, None, None, None], z0.flip(-1), z0)
+        zi = torch.where(fl[:, None, None, None], zi.flip(-1), zi)
+        t = torch.from_numpy(rng.integers(0, 1000, b))
+        g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        eps = torch.randn(z0.shape, generator=g)
+        ctxt = ps[labels[idx]]
+        drop = rng.random(b)
+        null_text = torch.from_numpy((drop < 0.05) | ((drop >= 0.10) & (drop < 0.15)))
+        zero_img = torch.from_numpy((drop >= 0.05) & (drop < 0.15))
+        ctxt = torch.where(null_text[:, None, None], null.expand_as(ctxt), ctxt)
+        zi = torch.where(zero_img[:, None, None, None], torch.zeros_like(zi), zi)
+        a = ac[t][:, None, None, None]
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        # zero-signal samples at t = 999: the sampler starts from pure noise (z = randn * sigma_max), where
+        # the training z_t would still hold sqrt(abar_999) = 0.068 of the clean latent -- which an
+        # under-trained model learns to read instead of z_img. For these samples the input carries no
+        # signal and the target is the epsilon that makes the denoised estimate z0:
+        # eps* = eps - z0 * sqrt(abar) / sqrt(1 - abar).
+        zs = torch.from_numpy(rng.random(b) < ctx.a.air_zero_snr)
+        if zs.any():
+            a999 = ac[999]
+            t = torch.where(zs, torch.full_like(t, 999), t)
+            zt = torch.where(zs[:, None, None, None], (1 - a999).sqrt() * eps, zt)
+            eps = torch.where(zs[:, None, None, None], eps - z0 * (a999.sqrt() / (1 - a999).sqrt()), eps)
+        return torch.cat([zt, zi], 1), t, ctxt, eps, zs
+
+    vrng = np.random.default_rng([ctx.seed, 33])
+    vbatch = batch(vrng, 64)
+
+    def step_fn(step):
+        rng = np.random.default_rng([ctx.seed, 3, step])
+        x, t, c, eps, zs = batch(rng, bs)
+        pred = unet(x, t, encoder_hidden_states=c).sample
+        # zero-signal samples are weighted by sigma_999^2: their loss is the denoised estimate's MSE
+        w = torch.where(zs, (1 - ac[999]) / ac[999], torch.ones(())).float()[:, None, None, None]
+        loss = (w * (pred - eps) ** 2).mean()
+        tr.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        tr.opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def eval_fn():
+        x, t, c, eps, _ = vbatch
+        ls_ = [F.mse_loss(unet(x[i:i + 16], t[i:i + 16], encoder_hidden_states=c[i:i + 16]).sample,
+                          eps[i:i + 16]).item() for i in range(0, len(x), 16)]
+        return {"eps_mse_fixed_batch": round(float(np.mean(ls_)), 5)}
+
+    if tr.state["elapsed"] < tr.budget:
+        tr.run(step_fn, eval_fn, eval_every=ctx.a.eval_every, log_every=50)
+    save_atomic(ctx.path("air_final.pt"), {"model": unet.state_dict(), "step": tr.state["step"],
+                                           "elapsed": tr.state["elapsed"], "val": eval_fn(),
+                                           "params": n_params(unet), "vae_step": vck["step"],
+                                           "biqa_step": bck["step"]})
+    log("air: final saved")
+
+
+# ----------------------------------------------------------------------------------------------
+# AIR samples for the SCM
+
+
+def reference_from_parts(vae, clip, unet, scm=None, steps=DEFAULT_STEPS):
+    from reference.autodir_pipeline import AutoDIRReference
+
+    settings = {"categories": CATEGORIES, "prompt_template": "A photo needs {} artifact reduction",
+                "scale_factor": SCALE, "scm_weight": 1.0,
+                "defaults": {"steps": steps, "cfg_text": 1.0, "cfg_image": 1.0, "max_passes": 7}}
+    return AutoDIRReference(unet, vae, clip, tokenizer(), scm if scm is not None else make_scm(),
+                            SCHEDULER, settings, torch.float32)
+
+
+@torch.no_grad()
+def air_batch_sample(ref, x_pm1: torch.Tensor, contexts: torch.Tensor, steps: int, seed: int):
+    """Batched AIR (cond branch only, cfg 1/1) exactly as the reference's restore_pass, without SCM.
+    x_pm1 [B, 3, H, W] with H, W multiples of the model's size multiple."""
+    from reference.autodir_pipeline import kd_sampling
+
+    z_img = ref.vae.encode(x_pm1).latent_dist.mode()
+    cond = {"c_crossattn": [contexts], "c_concat": [z_img]}
+    sigmas = ref.model_wrap.get_sigmas(steps).float()  # float64 sigmas would promote z to float64
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(z_img.shape, generator=g) * sigmas[0]
+    noise = lambda s, sn: torch.randn(z.shape, generator=g)  # noqa: E731
+    z0 = kd_sampling.sample_euler_ancestral(ref.model_wrap, z, sigmas, extra_args={"cond": cond}, disable=True,
+                                            noise_sampler=noise)
+    return ref.vae.decode(z0 / SCALE).sample
+
+
+@torch.no_grad()
+def biqa_contexts(ref, x_pm1: torch.Tensor):
+    """Per image: (probabilities [B, 8], context [B, 77, D]) as the pipeline's first pass."""
+    img = ref.clip.visual_projection(ref.clip.vision_model(pixel_values=clip_pixels(x_pm1)).pooler_output)
+    img = img / img.norm(dim=-1, keepdim=True)
+    txt = ref.prompt_embeds / ref.prompt_embeds.norm(dim=-1, keepdim=True)
+    p = torch.softmax(ref.clip.logit_scale.exp() * img @ txt.t(), dim=1)
+    return p, torch.einsum("bk,kld->bld", p, ref.prompt_states)
+
+
+def stage_airsamples(ctx: Ctx) -> None:
+    vae, vck = load_final(ctx, "vae")
+    clip, bck = load_biqa(ctx)
+    unet, ack = load_final(ctx, "air")
+    key = {"vae": vck["step"], "biqa": (bck["step"], round(bck["elapsed"], 1)), "air": ack["step"], "steps": ctx.a.air_sample_steps,
+           "n": ctx.a.scm_pool}
+    p = ctx.path("air_samples.pt")
+    ck = load_ckpt(p)
+    if ck is not None and ck["key"] == key and ck.get("done"):
+        log("airsamples: cache up to date")
+        return
+    if ck is None or ck["key"] != key:
+        ck = {"key": key, "idx": [], "air": [], "done": False, "seconds": 0.0}
+    clean, deg, labels = load_pool(ctx)
+    no = CATEGORIES.index("no")
+    cand = np.array([i for i in range(len(labels)) if labels[i] != no])
+    idx = cand[np.linspace(0, len(cand) - 1, min(ctx.a.scm_pool, len(cand))).astype(int)]
+    ref = reference_from_parts(vae, clip, unet)
+    done = sum(len(a) for a in ck["air"])
+    t0 = time.time()
+    last = time.time()
+    for s in range(done, len(idx), 8):
+        b = idx[s:s + 8]
+        x = u8_to_pm1(deg[b])
+        _, c = biqa_contexts(ref, x)
+        air = air_batch_sample(ref, x, c, ctx.a.air_sample_steps, seed=ctx.seed * 100000 + s)
+        ck["air"].append(((air.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        ck["idx"].extend(int(i) for i in b)
+        if time.time() - last > 60:
+            ck["seconds"] += time.time() - t0
+            t0 = time.time()
+            save_atomic(p, ck)
+            last = time.time()
+            log(f"airsamples {len(ck['idx'])}/{len(idx)}")
+    ck["seconds"] += time.time() - t0
+    ck["done"] = True
+    save_atomic(p, ck)
+    air = np.concatenate(ck["air"])
+    ii = np.array(ck["idx"])
+    pin = float(np.mean([10 * np.log10(1 / max(1e-12, np.mean((deg[i] / 255.0 - clean[i] / 255.0) ** 2))) for i in ii]))
+    pair = float(np.mean([10 * np.log10(1 / max(1e-12, np.mean((a / 255.0 - clean[i] / 255.0) ** 2)))
+                          for a, i in zip(air, ii)]))
+    log(f"airsamples: {len(ii)} AIR outputs in {ck['seconds']:.0f} s; PSNR input {pin:.2f} dB, AIR {pair:.2f} dB")
+
+
+# ----------------------------------------------------------------------------------------------
+# SCM
+
+
+def stage_scm(ctx: Ctx, pre: bool) -> None:
+    name = "scmpre" if pre else "scm"
+    clean, deg, labels = load_pool(ctx)
+    no = CATEGORIES.index("no")
+    scm = make_scm()
+    if not pre and not os.path.exists(ctx.path("scm.pt")):
+        pk = load_ckpt(ctx.path("scmpre_final.pt"))
+        if pk is not None:
+            scm.load_state_dict(pk["model"])
+            log("scm: initialised from scmpre")
+    tr = Trainer(ctx, name, scm, lr=ctx.a.scm_lr, betas=(0.9, 0.9))
+    if pre:
+        cand = np.array([i for i in range(len(labels)) if labels[i] != no])
+        air = None
+    else:
+        ck = load_ckpt(ctx.path("air_samples.pt"))
+        if ck is None or not ck.get("done"):
+            raise SystemExit("scm: run the airsamples stage first")
+        air = np.concatenate(ck["air"])
+        cand = np.array(ck["idx"])
+    bs, ps = ctx.a.scm_batch, ctx.a.scm_patch
+    # validation: held-out pairs of the pool candidates are not used; report training-distribution loss
+    # on a fixed batch (the real validation is training/evaluate.py)
+    vr = np.random.default_rng([ctx.seed, 55])
+
+    def make(rng, b):
+        j = rng.integers(0, len(cand), b)
+        i = cand[j]
+        arrs = [deg[i], clean[i]] + ([air[j]] if air is not None else [])
+        crops = crop_batch(rng, arrs, ps)
+        d, c = u8_to_pm1(crops[0]), u8_to_pm1(crops[1])
+        if air is not None:
+            a = u8_to_pm1(crops[2])
+            use_self = torch.from_numpy(rng.random(b) < 0.25)[:, None, None, None]
+            a = torch.where(use_self, d, a)
+        else:
+            a = d
+        return torch.cat([d, a], 1), c
+
+    vx, vy = make(vr, 32)
+
+    def step_fn(step):
+        rng = np.random.default_rng([ctx.seed, 4 if pre else 5, step])
+        x, y = make(rng, bs)
+        loss = F.l1_loss(scm(x), y)
+        tr.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        tr.opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def eval_fn():
+        out = torch.cat([scm(vx[i:i + 8]) for i in range(0, 32, 8)])
+        return {"psnr_in": round(psnr_pm1(vx[:, 3:], vy), 3), "psnr_out": round(psnr_pm1(out, vy), 3)}
+
+    if tr.state["elapsed"] < tr.budget:
+        tr.run(step_fn, eval_fn, eval_every=ctx.a.eval_every, log_every=100)
+    save_atomic(ctx.path(f"{name}_final.pt"), {"model": scm.state_dict(), "step": tr.state["step"],
+                                               "elapsed": tr.state["elapsed"], "val": eval_fn(),
+                                               "params": n_params(scm)})
+    log(f"{name}: final saved")
+
+
+# ----------------------------------------------------------------------------------------------
+# export (the format of tools/fixtures/make_pipeline_fixture.py)
+
+
+def stage_export(ctx: Ctx) -> None:
+    from safetensors.torch import save_file
+
+    out = ctx.a.out
+    vae, vck = load_final(ctx, "vae")
+    clip, bck = load_biqa(ctx)
+    unet, ack = load_final(ctx, "air")
+    scm_name = "scm" if os.path.exists(ctx.path("scm_final.pt")) else "scmpre"
+    scm, sck = load_final(ctx, scm_name)
+    # hand-written files survive a re-export (the card's tables are regenerated by training/evaluate.py)
+    keep = {f: open(os.path.join(out, f)).read() for f in ("MODEL_CARD.md", "MODEL_CARD.notes.md")
+            if os.path.exists(os.path.join(out, f))}
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    for sub in ("unet", "vae", "clip", "tokenizer", "scm", "scheduler"):
+        os.makedirs(os.path.join(out, sub))
+    unet.to(torch.float16).save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
+    vae.to(torch.float16).save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
+    clip.to(torch.float16).save_pretrained(os.path.join(out, "clip"), safe_serialization=True)
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(TOKENIZER_DIR, f), os.path.join(out, "tokenizer", f))
+    save_file({k: v.detach().half().contiguous() for k, v in scm.state_dict().items()},
+              os.path.join(out, "scm", "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(out, "scm", "config.json"), "w") as f:
+        json.dump(SCM_CONFIG, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(out, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(SCHEDULER, f, indent=2)
+        f.write("\n")
+    index = {"_class_name": "AutoDIRPipeline", "format_version": 1,
+             "autodir": {"categories": CATEGORIES, "prompt_template": "A photo needs {} artifact reduction",
+                         "scale_factor": SCALE, "scm_weight": 1.0,
+                         "defaults": {"steps": DEFAULT_STEPS, "cfg_text": 1.0, "cfg_image": 1.0, "max_passes": 7,
+                                      "sampler": "euler_ancestral"}}}
+    with open(os.path.join(out, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+        f.write("\n")
+    info = {"stages": {}, "torch": torch.__version__, "seed": ctx.seed,
+            "cpu": f"{platform.processor() or platform.machine()}, 1 thread per process"}
+    pool_info = ctx.path("pool_info.json")
+    if os.path.exists(pool_info):
+        info["pool"] = json.load(open(pool_info))
+    for name, ck in (("vae", vck), ("biqa", bck), ("air", ack), (scm_name, sck)):
+        info["stages"][name] = {"params": ck["params"], "steps": ck["step"], "minutes": ck["elapsed"] / 60,
+                                "val": ck.get("val")}
+    if os.path.exists(ctx.path("biqavis_final.pt")):  # bck is biqavis: record both phases
+        b1 = load_ckpt(ctx.path("biqa_final.pt"))
+        info["stages"]["biqavis"] = info["stages"]["biqa"]
+        info["stages"]["biqa"] = {"params": b1["params"], "steps": b1["step"], "minutes": b1["elapsed"] / 60,
+                                  "val": b1.get("val")}
+    if scm_name == "scm":
+        pk = load_ckpt(ctx.path("scmpre_final.pt"))
+        if pk is not None:
+            info["stages"]["scmpre"] = {"params": pk["params"], "steps": pk["step"], "minutes": pk["elapsed"] / 60,
+                                        "val": pk.get("val")}
+    asamp = load_ckpt(ctx.path("air_samples.pt"))
+    if asamp is not None:
+        info["airsamples"] = {"n": len(asamp["idx"]), "seconds": asamp["seconds"], "steps": asamp["key"]["steps"]}
+    for d, _, fs in os.walk(out):
+        for f in fs:
+            os.chmod(os.path.join(d, f), 0o644)
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+    info["folder_bytes"] = total
+    with open(os.path.join(out, "training_info.json"), "w") as f:
+        json.dump(info, f, indent=1)
+        f.write("\n")
+    for f, text in keep.items():
+        with open(os.path.join(out, f), "w") as fh:
+            fh.write(text)
+    log(f"export: {out} ({total / 2**20:.2f} MiB): " +
+        ", ".join(f"{k} {v['params']:,} params" for k, v in info["stages"].items()))
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def run_stage(ctx: Ctx, stage: str) -> None:
+    t0 = time.time()
+    log(f"=== stage {stage}")
+    torch.manual_seed(ctx.seed + STAGES.index(stage))
+    {"pool": stage_pool, "vae": stage_vae, "biqa": stage_biqa, "air": stage_air,
+     "biqavis": lambda c: stage_biqa(c, True),
+     "scmpre": lambda c: stage_scm(c, True), "airsamples": stage_airsamples,
+     "scm": lambda c: stage_scm(c, False), "export": stage_export}[stage](ctx)
+    log(f"=== stage {stage} done in {(time.time() - t0) / 60:.1f} min")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", default=default_cache())
+    ap.add_argument("--out", default=os.path.join(REPO, "models", "autodir-tiny"))
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma list, in order, of {STAGES}")
+    ap.add_argument("--minutes-per-stage", default=None,
+                    help='one number, or "vae=40,biqa=25,air=70,biqavis=35,scmpre=30,scm=30" (the defaults)')
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="2: vae || biqa, then air || (biqavis, scmpre), as single-thread subprocesses")
+    ap.add_argument("--redo", default="", help="comma list of stages whose checkpoints are discarded first")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pool-size", type=int, default=6400)
+    ap.add_argument("--latent-pool", type=int, default=3200, help="pool pairs encoded for AIR training")
+    ap.add_argument("--scm-pool", type=int, default=700, help="pool pairs with cached AIR outputs")
+    ap.add_argument("--air-sample-steps", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--val-per-class", type=int, default=40)
+    ap.add_argument("--vae-batch", type=int, default=8)
+    ap.add_argument("--vae-patch", type=int, default=64)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--vae-kl", type=float, default=1e-5)
+    ap.add_argument("--biqa-batch", type=int, default=32)
+    ap.add_argument("--biqa-lr", type=float, default=5e-4)
+    ap.add_argument("--biqa-rank", type=float, default=1.0)
+    ap.add_argument("--biqavis-lr", type=float, default=7e-4)
+    ap.add_argument("--biqavis-reinit", type=int, default=1,
+                    help="1: biqavis starts a fresh vision tower with a DCT patch embedding; 0: continues biqa's")
+    ap.add_argument("--air-batch", type=int, default=16)
+    ap.add_argument("--air-latent", type=int, default=16)
+    ap.add_argument("--air-lr", type=float, default=5e-4)
+    ap.add_argument("--air-zero-snr", type=float, default=0.25,
+                    help="fraction of AIR samples trained at t=999 with no signal in z_t (see stage_air)")
+    ap.add_argument("--scm-batch", type=int, default=8)
+    ap.add_argument("--scm-patch", type=int, default=64)
+    ap.add_argument("--scm-lr", type=float, default=1e-3)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    ctx = Ctx(a)
+    stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    for s in stages:
+        if s not in STAGES:
+            raise SystemExit(f"unknown stage {s!r} (one of {STAGES})")
+    for s in filter(None, a.redo.split(",")):
+        for f in (f"{s}.pt", f"{s}_final.pt"):
+            if os.path.exists(ctx.path(f)):
+                os.remove(ctx.path(f))
+                log(f"removed {ctx.path(f)}")
+    log(f"autodir-tiny: stages {stages}, minutes {ctx.minutes}, cache {ctx.dir}, seed {a.seed}")
+    if a.jobs > 1:
+        base = [sys.executable, "-m", "training.train_autodir_tiny"] + [x for x in (argv or sys.argv[1:])]
+        # drop --jobs / --stages / --redo from the child command lines
+        clean = []
+        skip = False
+        for x in base:
+            if skip:
+                skip = False
+                continue
+            if x in ("--jobs", "--stages", "--redo"):
+                skip = True
+                continue
+            if x.startswith(("--jobs=", "--stages=", "--redo=")):
+                continue
+            clean.append(x)
+        # each group: stage sequences run side by side as subprocesses (each re-reads this file)
+        groups = [[["pool"]], [["vae"], ["biqa"]], [["air"], ["biqavis", "scmpre"]],
+                  [["airsamples", "scm", "export"]]]
+        for g in groups:
+            g = [[s for s in seq if s in stages] for seq in g]
+            g = [seq for seq in g if seq]
+            if not g:
+                continue
+            procs = [subprocess.Popen(clean + ["--stages", ",".join(seq)], cwd=REPO) for seq in g]
+            rcs = [p.wait() for p in procs]
+            if any(rcs):
+                raise SystemExit(f"stages {g} failed: {rcs}")
+        return
+    for s in stages:
+        run_stage(ctx, s)
+
+
+if __name__ == "__main__":
+    main()
