@@ -8,7 +8,7 @@ SSIM over the 3 channels) of:
   input       the degraded image
   classical   noise: non-local means (skimage denoise_nl_means, fast mode, patch 5, distance 6,
               h = 0.8 sigma, sigma = Donoho's Haar-wavelet MAD estimate); blur and low resolution: unsharp masking
-              (skimage unsharp_mask, radius 2, amount 1); rain and raindrop: 5x5 median per channel;
+              (img + 1.0 * (img - Gaussian(img, sigma 2))); rain and raindrop: 5x5 median per channel;
               underexposure: gamma so that the mean becomes 0.45; haze: dark-channel prior (He et al.:
               15x15 dark channel, airlight from the brightest 0.1 % of the dark channel, omega 0.95,
               transmission refined with a guided filter r 20 / eps 1e-3 on the grey image, t >= 0.1)
@@ -100,7 +100,6 @@ def estimate_sigma(img):
 
 
 def classical(img, kind):
-    from skimage.filters import unsharp_mask
     from skimage.restoration import denoise_nl_means
 
     if kind == "noise":
@@ -108,7 +107,9 @@ def classical(img, kind):
         return denoise_nl_means(img, h=0.8 * sigma, sigma=sigma, fast_mode=True, patch_size=5,
                                 patch_distance=6, channel_axis=-1)
     if kind in ("blur", "low resolution"):
-        return np.clip(unsharp_mask(img, radius=2, amount=1.0, channel_axis=-1, preserve_range=True), 0, 1)
+        # unsharp masking: img + amount * (img - gaussian(img, radius)), per channel (skimage 0.26's
+        # unsharp_mask shifted float images' mean here, so it is written out)
+        return np.clip(img + 1.0 * (img - ndimage.gaussian_filter(img, sigma=(2, 2, 0), mode="reflect")), 0, 1)
     if kind in ("rain", "raindrop"):
         return ndimage.median_filter(img, size=(5, 5, 1), mode="reflect")
     if kind == "underexposure":
