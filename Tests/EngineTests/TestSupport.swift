@@ -10,17 +10,11 @@ enum Fixtures {
     }
 }
 
-/// A small deterministic generator (SplitMix64) for test inputs.
+/// A small deterministic generator for test inputs (the engine's SplitMix64).
 struct TestRNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    var generator: SplitMix64
+    init(seed: UInt64) { generator = SplitMix64(seed: seed) }
+    mutating func next() -> UInt64 { generator.next() }
     /// Uniform in [-1, 1).
     mutating func uniform() -> Float { Float(next() >> 40) / Float(1 << 23) - 1 }
     mutating func tensor(_ shape: [Int], scale: Float = 1) -> Tensor {

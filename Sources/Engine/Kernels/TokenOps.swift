@@ -184,29 +184,8 @@ extension Ops {
             for row in r {
                 let v = p + row * cols
                 let raw = UnsafeMutableRawPointer(v)
+                let inv = SIMD8<Float>(repeating: 1 / expRowUnnormalized(v, cols: cols))
                 var j = 0
-                var m8 = SIMD8<Float>(repeating: -.infinity)
-                while j + 8 <= cols {
-                    let v8 = raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
-                    m8 = m8.replacing(with: v8, where: v8 .> m8)
-                    j += 8
-                }
-                var mx = m8.max()
-                while j < cols { mx = max(mx, v[j]); j += 1 }
-                if mx == -.infinity { mx = .nan }
-                let m = SIMD8<Float>(repeating: mx)
-                var s8 = SIMD8<Float>(repeating: 0)
-                j = 0
-                while j + 8 <= cols {
-                    let e = exp8(raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) - m)
-                    raw.storeBytes(of: e, toByteOffset: 4 * j, as: SIMD8<Float>.self)
-                    s8 += e
-                    j += 8
-                }
-                var sum = s8.sum()
-                while j < cols { let e = expf(v[j] - mx); v[j] = e; sum += e; j += 1 }
-                let inv = SIMD8<Float>(repeating: 1 / sum)
-                j = 0
                 while j + 8 <= cols {
                     let e = raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) * inv
                     raw.storeBytes(of: e, toByteOffset: 4 * j, as: SIMD8<Float>.self)
@@ -221,32 +200,36 @@ extension Ops {
 extension Ops {
     /// p[r, :] ← exp(p[r, :] − max_r) and sums[r] = Σ of the row (softmax before its division), serially.
     static func expRowsUnnormalized(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, sums: UnsafeMutablePointer<Float>) {
-        for row in 0..<rows {
-            let v = p + row * cols
-            let raw = UnsafeMutableRawPointer(v)
-            var j = 0
-            var m8 = SIMD8<Float>(repeating: -.infinity)
-            while j + 8 <= cols {
-                let v8 = raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
-                m8 = m8.replacing(with: v8, where: v8 .> m8)
-                j += 8
-            }
-            var mx = m8.max()
-            while j < cols { mx = max(mx, v[j]); j += 1 }
-            if mx == -.infinity { mx = .nan }
-            let m = SIMD8<Float>(repeating: mx)
-            var s8 = SIMD8<Float>(repeating: 0)
-            j = 0
-            while j + 8 <= cols {
-                let e = exp8(raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) - m)
-                raw.storeBytes(of: e, toByteOffset: 4 * j, as: SIMD8<Float>.self)
-                s8 += e
-                j += 8
-            }
-            var sum = s8.sum()
-            while j < cols { let e = expf(v[j] - mx); v[j] = e; sum += e; j += 1 }
-            sums[row] = sum
+        for row in 0..<rows { sums[row] = expRowUnnormalized(p + row * cols, cols: cols) }
+    }
+
+    /// v ← exp(v − max v) over one row of `cols` values, 8 lanes at a time; returns Σ of the new row.
+    /// A row that is all −∞ becomes NaN.
+    @inline(__always)
+    static func expRowUnnormalized(_ v: UnsafeMutablePointer<Float>, cols: Int) -> Float {
+        let raw = UnsafeMutableRawPointer(v)
+        var j = 0
+        var m8 = SIMD8<Float>(repeating: -.infinity)
+        while j + 8 <= cols {
+            let v8 = raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
+            m8 = m8.replacing(with: v8, where: v8 .> m8)
+            j += 8
         }
+        var mx = m8.max()
+        while j < cols { mx = max(mx, v[j]); j += 1 }
+        if mx == -.infinity { mx = .nan }
+        let m = SIMD8<Float>(repeating: mx)
+        var s8 = SIMD8<Float>(repeating: 0)
+        j = 0
+        while j + 8 <= cols {
+            let e = exp8(raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) - m)
+            raw.storeBytes(of: e, toByteOffset: 4 * j, as: SIMD8<Float>.self)
+            s8 += e
+            j += 8
+        }
+        var sum = s8.sum()
+        while j < cols { let e = expf(v[j] - mx); v[j] = e; sum += e; j += 1 }
+        return sum
     }
 }
 
