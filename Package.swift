@@ -20,7 +20,10 @@ let package = Package(
         // libpng reports errors by longjmp, which Swift cannot cross: a small C shim keeps setjmp on the C side.
         .target(name: "CLibPNG", linkerSettings: [.linkedLibrary("png16")]),
 
-        .target(name: "Engine", dependencies: ["COpenBLAS", "CLibPNG"], swiftSettings: optimize),
+        // The engine's own AVX-512 sgemm (used where the CPU has AVX-512F; OpenBLAS elsewhere).
+        .target(name: "CGemm", cSettings: [.unsafeFlags(["-O3"], .when(configuration: .release))]),
+
+        .target(name: "Engine", dependencies: ["COpenBLAS", "CLibPNG", "CGemm"], swiftSettings: optimize),
         // include/autodir.h as a module (no sources), so that CAPI's @_cdecl exports use the header's own C types.
         .systemLibrary(name: "CAutodirABI", path: "Sources/CAutodirABI"),
         // libautodir.so carries the Swift runtime and Foundation statically (C and Python users need no Swift

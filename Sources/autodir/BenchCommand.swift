@@ -19,7 +19,7 @@ struct BenchCommand: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
-        compute.apply()
+        try compute.apply()
         guard res > 0, res <= 8192, runs > 0, runs <= 1000 else {
             throw ValidationError("--res must be in 1…8192 and --runs in 1…1000")
         }
@@ -33,7 +33,7 @@ struct BenchCommand: ParsableCommand {
             body = { _ = try scm(x) }
             gflop = scm.flops(height: res, width: res) / 1e9
         case "sgemm":
-            // OpenBLAS on a square product res×res×res: the machine's matrix-multiply ceiling.
+            // One square product res×res×res on the selected GEMM backend: the machine's matrix-multiply ceiling.
             let a = Tensor(shape: [res, res], repeating: 0.5), b = Tensor(shape: [res, res], repeating: 0.25)
             let c = Tensor(zeros: [res, res])
             body = { BLAS.gemm(m: res, n: res, k: res, a: a.data, b: b.data, c: c.data) }
@@ -92,14 +92,15 @@ struct BenchCommand: ParsableCommand {
         let result: [String: Any] = [
             "component": component, "res": res, "runs": runs, "median_s": median, "min_s": times[0],
             "gflop": gflop, "gflop_per_s": gflop / median, "peak_rss_mb": peakRSSMegabytes(),
-            "threads": Parallel.threads, "blas_threads": BLAS.threads,
+            "threads": Parallel.threads, "blas_threads": BLAS.threads, "gemm_backend": BLAS.backend.rawValue,
         ]
         if json {
             let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
-            print(String(format: "%-12@ median %8.3f s   %8.1f GFLOP   %6.1f GFLOP/s   peak RSS %.0f MB",
-                         component as NSString, median, gflop, gflop / median, peakRSSMegabytes()))
+            print(String(format: "%-12@ median %8.3f s   %8.1f GFLOP   %6.1f GFLOP/s   peak RSS %.0f MB   gemm %@",
+                         component as NSString, median, gflop, gflop / median, peakRSSMegabytes(),
+                         BLAS.backend.rawValue as NSString))
         }
     }
 }

@@ -143,7 +143,7 @@ struct WorkerCommand: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
-        compute.apply()
+        try compute.apply()
         guard capacity >= 1, capacity <= 64, reconnectMs >= 0, reconnectMs <= 60_000 else {
             throw ValidationError("--capacity must be in 1…64 and --reconnect-ms in 0…60000")
         }
@@ -188,7 +188,7 @@ struct ServeCommand: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
-        compute.apply()
+        try compute.apply()
         guard localWorkers >= 0, localWorkers <= 64 else { throw ValidationError("--local-workers must be in 0…64") }
         var options = try brokerOptions(clients: clients, workers: workers, curveKeys: curveKeys, queue: queue,
                                         maxAttempts: maxAttempts, resultTtlMs: resultTtlMs, timing: timing)

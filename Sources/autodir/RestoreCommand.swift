@@ -57,7 +57,7 @@ struct RestoreCommand: ParsableCommand {
     }
 
     func run() throws {
-        compute.apply()
+        try compute.apply()
         try runReportingErrors {
             let start = Date()
             let dir = try modelOptions.resolve()
@@ -114,7 +114,7 @@ struct DetectCommand: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
-        compute.apply()
+        try compute.apply()
         try runReportingErrors {
             let pipeline = try AutoDIRPipeline(directory: try modelOptions.resolve())
             let d = try pipeline.detect(try PNGImage.read(path: input))

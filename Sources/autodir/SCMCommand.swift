@@ -16,7 +16,7 @@ struct SCMCommand: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
-        compute.apply()
+        try compute.apply()
         try runReportingErrors {
             let start = Date()
             let scm = try NAFNet(directory: model + "/scm")

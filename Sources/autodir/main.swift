@@ -18,7 +18,19 @@ struct ComputeOptions: ParsableArguments {
     @Option(help: "Threads for BLAS and the engine's own kernels (default: all cores).")
     var threads: Int?
 
-    func apply() {
+    @Option(help: "Matrix-product backend: avx512 (the engine's own kernel, default where the CPU has AVX-512F) or openblas.")
+    var gemm: String?
+
+    func apply() throws {
+        if let gemm {
+            guard let backend = GEMMBackend(rawValue: gemm.lowercased()) else {
+                throw ValidationError("--gemm must be one of: \(GEMMBackend.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            guard backend != .avx512 || BLAS.avx512Available else {
+                throw ValidationError("--gemm avx512: this CPU has no AVX-512F")
+            }
+            BLAS.backend = backend
+        }
         if let threads, threads > 0 {
             BLAS.setThreads(threads)
             Parallel.threads = threads
@@ -29,7 +41,7 @@ struct ComputeOptions: ParsableArguments {
 struct VersionCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "version", abstract: "Print versions of autodir and its libraries.")
     func run() {
-        print("autodir \(AutodirVersion.string) (libzmq \(ZMQ.version), OpenBLAS threads \(BLAS.threads))")
+        print("autodir \(AutodirVersion.string) (libzmq \(ZMQ.version), OpenBLAS threads \(BLAS.threads), gemm \(BLAS.backend.rawValue))")
     }
 }
 

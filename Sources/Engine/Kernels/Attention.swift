@@ -29,8 +29,8 @@ extension Ops {
         let perHead = (lq + block - 1) / block
         let items = batch * heads * perHead
         func run(_ range: Range<Int>) {
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: block * lk)
-            let sums = UnsafeMutablePointer<Float>.allocate(capacity: block)
+            let scores = UnsafeMutablePointer<Float>.allocateAligned(capacity: block * lk)
+            let sums = UnsafeMutablePointer<Float>.allocateAligned(capacity: block)
             defer { scores.deallocate(); sums.deallocate() }
             for item in range {
                 let (bh, blk) = item.quotientAndRemainder(dividingBy: perHead)

@@ -1,8 +1,29 @@
-// BLAS: the single wrapper through which all matrix work reaches OpenBLAS (cblas_sgemm & co.).
+// BLAS: the single wrapper through which all matrix work goes — the engine's own AVX-512 sgemm
+// (Sources/CGemm) where the CPU has AVX-512F, OpenBLAS (cblas_sgemm & co.) everywhere else.
+import CGemm
 import COpenBLAS
+import Dispatch
+import Foundation
 
-/// Row-major single-precision matrix products on OpenBLAS.
+/// Which implementation runs `BLAS.gemm`.
+public enum GEMMBackend: String, Sendable, CaseIterable {
+    /// OpenBLAS's cblas_sgemm (whatever core type OpenBLAS chose, e.g. by OPENBLAS_CORETYPE).
+    case openblas
+    /// The engine's packed AVX-512 kernel (Sources/CGemm), threaded over `BLAS.threads`.
+    case avx512
+}
+
+/// Row-major single-precision matrix products.
 public enum BLAS {
+    /// True when this CPU can run the AVX-512 kernel.
+    public static let avx512Available = adg_avx512_available() == 1
+
+    /// The backend `gemm` uses: AVX-512 when available, unless the environment says AUTODIR_GEMM=openblas.
+    nonisolated(unsafe) public static var backend: GEMMBackend = {
+        if ProcessInfo.processInfo.environment["AUTODIR_GEMM"]?.lowercased() == "openblas" { return .openblas }
+        return avx512Available ? .avx512 : .openblas
+    }()
+
     /// C[m×n] = alpha · op(A) · op(B) + beta · C, all row-major.
     /// `lda`, `ldb`, `ldc` default to the tight leading dimensions of the stored (untransposed) arrays.
     @inline(__always)
@@ -14,9 +35,14 @@ public enum BLAS {
         let lda = lda ?? (transA ? m : k)
         let ldb = ldb ?? (transB ? k : n)
         let ldc = ldc ?? n
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                    blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb),
-                    beta, c, blasint(ldc))
+        let p = GEMMProblem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                            b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        // Skinny products (a row or a handful of columns) stay with OpenBLAS's gemv-like paths.
+        if backend == .avx512 && m >= 4 && n >= 16 {
+            p.runPacked(threads: threads)
+        } else {
+            p.runOpenBLAS(rows: 0..<m, cols: 0..<n)
+        }
     }
 
     /// y[m] = alpha · op(A) · x + beta · y, A row-major m×n (before op).
@@ -28,10 +54,58 @@ public enum BLAS {
                     a, blasint(n), x, 1, beta, y, 1)
     }
 
-    /// Threads OpenBLAS may use (0 or less leaves its default).
+    /// Threads one matrix product may use, for OpenBLAS and the AVX-512 kernel (0 or less leaves the default).
     public static func setThreads(_ n: Int) {
         if n > 0 { openblas_set_num_threads(Int32(n)) }
     }
 
     public static var threads: Int { Int(openblas_get_num_threads()) }
+}
+
+/// One row-major product C = alpha · op(A) · op(B) + beta · C, with tight-or-given leading dimensions.
+private struct GEMMProblem {
+    let transA: Bool, transB: Bool
+    let m: Int, n: Int, k: Int
+    let alpha: Float
+    let a: UnsafePointer<Float>, lda: Int
+    let b: UnsafePointer<Float>, ldb: Int
+    let beta: Float
+    let c: UnsafeMutablePointer<Float>, ldc: Int
+
+    /// The AVX-512 kernel over `threads` blocks of C, split along its longer side (in whole register tiles).
+    func runPacked(threads: Int) {
+        let flops = 2.0 * Double(m) * Double(n) * Double(k)
+        let tilesM = (m + 11) / 12, tilesN = (n + 31) / 32
+        let splitColumns = tilesN >= tilesM
+        let parts = max(1, min(threads, flops < 4e6 ? 1 : (splitColumns ? tilesN : tilesM)))
+        func block(_ i: Int) {
+            let rows: Range<Int>, cols: Range<Int>
+            if splitColumns {
+                cols = (tilesN * i / parts * 32)..<min(n, tilesN * (i + 1) / parts * 32)
+                rows = 0..<m
+            } else {
+                rows = (tilesM * i / parts * 12)..<min(m, tilesM * (i + 1) / parts * 12)
+                cols = 0..<n
+            }
+            let status = adg_sgemm_block(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb,
+                                         beta, c, ldc, rows.lowerBound, rows.upperBound,
+                                         cols.lowerBound, cols.upperBound)
+            if status != 0 { runOpenBLAS(rows: rows, cols: cols) }
+        }
+        if parts == 1 {
+            block(0)
+        } else {
+            DispatchQueue.concurrentPerform(iterations: parts, execute: block)
+        }
+    }
+
+    /// OpenBLAS on the block C[rows, cols].
+    func runOpenBLAS(rows: Range<Int>, cols: Range<Int>) {
+        guard !rows.isEmpty, !cols.isEmpty else { return }
+        let aBlock = a + (transA ? rows.lowerBound : rows.lowerBound * lda)
+        let bBlock = b + (transB ? cols.lowerBound * ldb : cols.lowerBound)
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    blasint(rows.count), blasint(cols.count), blasint(k), alpha, aBlock, blasint(lda),
+                    bBlock, blasint(ldb), beta, c + rows.lowerBound * ldc + cols.lowerBound, blasint(ldc))
+    }
 }

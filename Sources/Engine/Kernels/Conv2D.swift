@@ -62,7 +62,7 @@ extension Ops {
         }
         // im2col over bands of output rows, so the column buffer stays near 32 MiB whatever the image size.
         let rowsPerBand = max(1, min(ho, (8 << 20) / max(1, k * wo)))
-        let col = UnsafeMutablePointer<Float>.allocate(capacity: k * rowsPerBand * wo)
+        let col = UnsafeMutablePointer<Float>.allocateAligned(capacity: k * rowsPerBand * wo)
         defer { col.deallocate() }
         for g in 0..<p.groups {
             var r0 = 0

@@ -107,7 +107,7 @@ extension Ops {
         let k = cin * 9
         let y = Tensor(uninitialized: [n, cout, ho, wo])
         let rowsPerBand = max(1, min(ho, (8 << 20) / max(1, k * wo)))
-        let col = UnsafeMutablePointer<Float>.allocate(capacity: k * rowsPerBand * wo)
+        let col = UnsafeMutablePointer<Float>.allocateAligned(capacity: k * rowsPerBand * wo)
         defer { col.deallocate() }
         for b in 0..<n {
             let src = x.data + b * cin * h * w, out = y.data + b * cout * ho * wo

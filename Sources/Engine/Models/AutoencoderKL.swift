@@ -115,9 +115,9 @@ struct VAEAttention: Sendable {
     func callAsFunction(_ x: Tensor) -> Tensor {
         let (n, c, hw) = (x.shape[0], channels, x.shape[2] * x.shape[3])
         let out = x.copy()
-        let normed = UnsafeMutablePointer<Float>.allocate(capacity: c * hw)
-        let qkv = UnsafeMutablePointer<Float>.allocate(capacity: hw * 3 * c)
-        let attn = UnsafeMutablePointer<Float>.allocate(capacity: hw * c)
+        let normed = UnsafeMutablePointer<Float>.allocateAligned(capacity: c * hw)
+        let qkv = UnsafeMutablePointer<Float>.allocateAligned(capacity: hw * 3 * c)
+        let attn = UnsafeMutablePointer<Float>.allocateAligned(capacity: hw * c)
         defer { normed.deallocate(); qkv.deallocate(); attn.deallocate() }
         for b in 0..<n {
             let xb = x.data + b * c * hw, ob = out.data + b * c * hw
@@ -304,7 +304,7 @@ public struct AutoencoderKL: Sendable {
         let k = c * 9
         let y = Tensor(uninitialized: [n, cout, ho, wo])
         let rowsPerBand = max(1, min(ho, (8 << 20) / max(1, k * wo)))
-        let col = UnsafeMutablePointer<Float>.allocate(capacity: k * rowsPerBand * wo)
+        let col = UnsafeMutablePointer<Float>.allocateAligned(capacity: k * rowsPerBand * wo)
         defer { col.deallocate() }
         for b in 0..<n {
             let out = y.data + b * cout * ho * wo

@@ -121,7 +121,7 @@ struct NAFBlock: Sendable {
         Ops.fillBias(expanded, b1.data, channels: 2 * c, plane: hw)
         BLAS.gemm(m: 2 * c, n: hw, k: c, a: w1.data, b: normed, beta: 1, c: expanded)
         // g = SimpleGate(dw3×3(t)), pooled = mean over pixels of g              [c, h, w], [c]
-        let pooled = UnsafeMutablePointer<Float>.allocate(capacity: 2 * c)
+        let pooled = UnsafeMutablePointer<Float>.allocateAligned(capacity: 2 * c)
         defer { pooled.deallocate() }
         NAFBlock.depthwiseGate(expanded, channels: c, height: h, width: w, weight: dwWeight.data, bias: dwBias.data,
                                output: gated, pooled: pooled)
@@ -129,7 +129,7 @@ struct NAFBlock: Sendable {
         let scale = pooled + c
         scale.update(from: scaBias.data, count: c)
         BLAS.gemv(m: c, n: c, a: scaWeight.data, x: pooled, beta: 1, y: scale)
-        let w3s = UnsafeMutablePointer<Float>.allocate(capacity: c * c)
+        let w3s = UnsafeMutablePointer<Float>.allocateAligned(capacity: c * c)
         defer { w3s.deallocate() }
         for r in 0..<c {
             for k in 0..<c { w3s[r * c + k] = w3.data[r * c + k] * scale[k] }
@@ -152,7 +152,7 @@ struct NAFBlock: Sendable {
                               output g: UnsafeMutablePointer<Float>, pooled: UnsafeMutablePointer<Float>) {
         let hw = h * w
         Parallel.forEachChunk(c) { range in
-            let rowA = UnsafeMutablePointer<Float>.allocate(capacity: 2 * w)
+            let rowA = UnsafeMutablePointer<Float>.allocateAligned(capacity: 2 * w)
             defer { rowA.deallocate() }
             let rowB = rowA + w
             for i in range {

@@ -18,7 +18,7 @@ public final class Tensor: @unchecked Sendable {
     public init(zeros shape: [Int]) {
         self.shape = shape
         self.count = shape.reduce(1, *)
-        self.data = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+        self.data = UnsafeMutablePointer<Float>.allocateAligned(capacity: max(count, 1))
         self.data.initialize(repeating: 0, count: max(count, 1))
         self.owner = nil
         self.ownsData = true
@@ -28,7 +28,7 @@ public final class Tensor: @unchecked Sendable {
     public init(uninitialized shape: [Int]) {
         self.shape = shape
         self.count = shape.reduce(1, *)
-        self.data = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+        self.data = UnsafeMutablePointer<Float>.allocateAligned(capacity: max(count, 1))
         self.owner = nil
         self.ownsData = true
     }
@@ -102,5 +102,15 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
         case .weights(let m): return "weights error: \(m)"
         case .cancelled: return "cancelled"
         }
+    }
+}
+
+extension UnsafeMutablePointer where Pointee == Float {
+    /// Uninitialised floats on a 64-byte (cache-line) boundary, so that vector rows do not straddle
+    /// lines; free with `deallocate()` as usual.
+    @inline(__always)
+    public static func allocateAligned(capacity: Int) -> UnsafeMutablePointer<Float> {
+        UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<Float>.stride * Swift.max(capacity, 1), alignment: 64)
+            .bindMemory(to: Float.self, capacity: Swift.max(capacity, 1))
     }
 }

@@ -1,0 +1,27 @@
+// autodir_gemm: the engine's own single-precision matrix product for CPUs with AVX-512
+// (a BLIS-style packed GEMM: 12×32 register tile, cache-blocked panels). The engine uses it in place
+// of OpenBLAS's sgemm where the CPU has AVX-512F, and OpenBLAS everywhere else.
+#ifndef AUTODIR_GEMM_H
+#define AUTODIR_GEMM_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// 1 when this CPU (and OS) can run the AVX-512 kernel, else 0.
+int adg_avx512_available(void);
+
+/// Row-major C = alpha · op(A) · op(B) + beta · C, computing only the block of C with rows [m0, m1)
+/// and columns [n0, n1) (so that threads can share one product). op(A) is m×k, op(B) is k×n;
+/// transA / transB say that A is stored k×m / B is stored n×k. With beta == 0, C is not read.
+/// Returns 0, or -1 (C untouched) when the per-thread packing buffers (2.2 MiB) cannot be allocated.
+/// Must only be called when adg_avx512_available() returned 1.
+int adg_sgemm_block(int transA, int transB, long m, long n, long k,
+                     float alpha, const float *A, long lda, const float *B, long ldb,
+                     float beta, float *C, long ldc,
+                     long m0, long m1, long n0, long n1);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
