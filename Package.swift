@@ -2,7 +2,12 @@
 // autodir: AutoDIR all-in-one image restoration as a CPU inference engine, a C library and a ZeroMQ worker pool.
 import PackageDescription
 
-let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+// Release builds are tuned for the CPU that builds them (AVX2 / AVX-512 code in the engine's own kernels), as
+// llama.cpp does by default; AUTODIR_PORTABLE=1 at build time gives a baseline x86-64 / arm64 build instead.
+// (The GEMM in Sources/CGemm picks AVX-512 or OpenBLAS at run time either way.)
+let portable = Context.environment["AUTODIR_PORTABLE"].map { $0 != "" && $0 != "0" } ?? false
+let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"] + (portable ? [] : ["-target-cpu", "native"]),
+                                             .when(configuration: .release))]
 
 let package = Package(
     name: "autodir",
