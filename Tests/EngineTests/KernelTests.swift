@@ -108,6 +108,35 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Winograd F(2×2, 3×3) against the naive convolution: odd and even sizes, one-pixel images, no bias,
+    /// accumulation into the output (the residual form), and bands of one and several tile rows.
+    func testWinogradConvolutionMatchesNaive() {
+        var rng = TestRNG(seed: 9)
+        for (cin, cout, h, w) in [(3, 5, 7, 9), (16, 8, 32, 33), (5, 17, 1, 1), (4, 4, 2, 1), (24, 20, 35, 30)] {
+            let x = rng.tensor([1, cin, h, w]), wgt = rng.tensor([cout, cin, 3, 3], scale: 0.5), b = rng.tensor([cout])
+            let p = Conv2DParams(kernel: 3, padding: 1)
+            let expected = NaiveOps.conv2d(x, weight: wgt, bias: b, p)
+            let residual = rng.tensor([1, cout, h, w])
+            for band in [1, 2000, 4 << 20] {
+                let y = Tensor(uninitialized: [1, cout, h, w]), acc = residual.copy()
+                Ops.winogradConv3x3(input: x.data, channels: cin, height: h, width: w, weight: wgt.data, bias: b.data,
+                                    outChannels: cout, output: y.data, accumulate: false, bandFloats: band)
+                Ops.winogradConv3x3(input: x.data, channels: cin, height: h, width: w, weight: wgt.data, bias: nil,
+                                    outChannels: cout, output: acc.data, accumulate: true, bandFloats: band)
+                assertClose(y, expected, atol: 2e-5, rtol: 1e-4, "winograd \(cin)→\(cout) \(h)×\(w) band \(band)")
+                let expectedAcc = NaiveOps.conv2d(x, weight: wgt, bias: nil, p)
+                for i in 0..<expectedAcc.count { expectedAcc.data[i] += residual.data[i] }
+                assertClose(acc, expectedAcc, atol: 2e-5, rtol: 1e-4, "winograd accumulate \(cin)→\(cout) \(h)×\(w)")
+            }
+        }
+        // and through Ops.conv2d, which picks it for shapes where it pays
+        XCTAssertTrue(Ops.winogradPays(inChannels: 24, outChannels: 20, height: 35, width: 30))
+        let x = rng.tensor([2, 24, 35, 30]), wgt = rng.tensor([20, 24, 3, 3], scale: 0.3), b = rng.tensor([20])
+        let p = Conv2DParams(kernel: 3, padding: 1)
+        assertClose(Ops.conv2d(x, weight: wgt, bias: b, p), NaiveOps.conv2d(x, weight: wgt, bias: b, p),
+                    atol: 2e-5, rtol: 1e-4, "conv2d via winograd")
+    }
+
     /// im2col works in bands of output rows; a tall image with many channels forces several bands.
     func testBandedIm2colMatchesNaive() {
         var rng = TestRNG(seed: 2)

@@ -63,6 +63,13 @@ final class FusedUpsampleConvTests: XCTestCase {
             assertClose(Ops.upsampleNearest2xConv3x3(x, weight: w, bias: nil), NaiveOps.upsampleNearest2xConv3x3(x, weight: w, bias: nil),
                         atol: 1e-5, rtol: 1e-5, "upsample+conv no bias \(shape)")
         }
+        // small bands: the 2×2 convolution's 38 rows in bands of 1, 2 and 5 rows
+        let x = rng.tensor([2, 6, 37, 21]), w = rng.tensor([5, 6, 3, 3], scale: 0.3), b = rng.tensor([5])
+        let expected = NaiveOps.upsampleNearest2xConv3x3(x, weight: w, bias: b)
+        for band in [1, 500, 1200] {
+            assertClose(Ops.upsampleNearest2xConv3x3(x, weight: w, bias: b, bandFloats: band), expected,
+                        atol: 1e-5, rtol: 1e-5, "upsample+conv in bands of \(band) floats")
+        }
     }
 }
 

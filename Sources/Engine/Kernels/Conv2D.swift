@@ -19,6 +19,9 @@ public struct Conv2DParams: Equatable, Sendable {
 }
 
 extension Ops {
+    /// Whether 3×3 stride-1 convolutions may use Winograd F(2×2, 3×3) (Winograd.swift); AUTODIR_WINOGRAD=0 turns it off.
+    nonisolated(unsafe) public static var winogradEnabled = ProcessInfo.processInfo.environment["AUTODIR_WINOGRAD"] != "0"
+
     /// y = conv2d(x, weight, bias): x [N, Cin, H, W], weight [Cout, Cin/groups, kh, kw], bias [Cout] → [N, Cout, Ho, Wo].
     public static func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, _ p: Conv2DParams) -> Tensor {
         let (n, cin, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
@@ -45,6 +48,12 @@ extension Ops {
                             output: output, accumulate: accumulate)
             return
         }
+        if p.kernelH == 3 && p.kernelW == 3 && p.stride == 1 && p.padding == 1 && p.groups == 1 && winogradEnabled
+            && winogradPays(inChannels: cin, outChannels: cout, height: h, width: w) {
+            winogradConv3x3(input: input, channels: cin, height: h, width: w, weight: weight, bias: bias,
+                            outChannels: cout, output: output, accumulate: accumulate)
+            return
+        }
         if !accumulate {
             fillBias(output, bias, channels: cout, plane: hwOut)
         } else if let bias {
@@ -62,17 +71,17 @@ extension Ops {
         }
         // im2col over bands of output rows, so the column buffer stays near 32 MiB whatever the image size.
         let rowsPerBand = max(1, min(ho, (8 << 20) / max(1, k * wo)))
-        let col = UnsafeMutablePointer<Float>.allocateAligned(capacity: k * rowsPerBand * wo)
-        defer { col.deallocate() }
-        for g in 0..<p.groups {
-            var r0 = 0
-            while r0 < ho {
-                let rows = min(rowsPerBand, ho - r0)
-                im2col(input + g * cinG * h * w, channels: cinG, height: h, width: w, p,
-                       rowStart: r0, rows: rows, outWidth: wo, col: col)
-                BLAS.gemm(m: coutG, n: rows * wo, k: k, a: weight + g * coutG * k, b: col, ldb: rows * wo,
-                          beta: 1, c: output + g * coutG * hwOut + r0 * wo, ldc: hwOut)
-                r0 += rows
+        ScratchPool.withBuffer(k * rowsPerBand * wo) { col in
+            for g in 0..<p.groups {
+                var r0 = 0
+                while r0 < ho {
+                    let rows = min(rowsPerBand, ho - r0)
+                    im2col(input + g * cinG * h * w, channels: cinG, height: h, width: w, p,
+                           rowStart: r0, rows: rows, outWidth: wo, col: col)
+                    BLAS.gemm(m: coutG, n: rows * wo, k: k, a: weight + g * coutG * k, b: col, ldb: rows * wo,
+                              beta: 1, c: output + g * coutG * hwOut + r0 * wo, ldc: hwOut)
+                    r0 += rows
+                }
             }
         }
     }

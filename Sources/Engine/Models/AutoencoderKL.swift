@@ -304,18 +304,18 @@ public struct AutoencoderKL: Sendable {
         let k = c * 9
         let y = Tensor(uninitialized: [n, cout, ho, wo])
         let rowsPerBand = max(1, min(ho, (8 << 20) / max(1, k * wo)))
-        let col = UnsafeMutablePointer<Float>.allocateAligned(capacity: k * rowsPerBand * wo)
-        defer { col.deallocate() }
-        for b in 0..<n {
-            let out = y.data + b * cout * ho * wo
-            Ops.fillBias(out, conv.bias?.data, channels: cout, plane: ho * wo)
-            var r0 = 0
-            while r0 < ho {
-                let rows = min(rowsPerBand, ho - r0)
-                Ops.im2col(x.data + b * c * h * w, channels: c, height: h, width: w, p, rowStart: r0, rows: rows, outWidth: wo, col: col)
-                BLAS.gemm(m: cout, n: rows * wo, k: k, a: conv.weight.data, b: col, ldb: rows * wo, beta: 1,
-                          c: out + r0 * wo, ldc: ho * wo)
-                r0 += rows
+        ScratchPool.withBuffer(k * rowsPerBand * wo) { col in
+            for b in 0..<n {
+                let out = y.data + b * cout * ho * wo
+                Ops.fillBias(out, conv.bias?.data, channels: cout, plane: ho * wo)
+                var r0 = 0
+                while r0 < ho {
+                    let rows = min(rowsPerBand, ho - r0)
+                    Ops.im2col(x.data + b * c * h * w, channels: c, height: h, width: w, p, rowStart: r0, rows: rows, outWidth: wo, col: col)
+                    BLAS.gemm(m: cout, n: rows * wo, k: k, a: conv.weight.data, b: col, ldb: rows * wo, beta: 1,
+                              c: out + r0 * wo, ldc: ho * wo)
+                    r0 += rows
+                }
             }
         }
         return y
