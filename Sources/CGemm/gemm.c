@@ -139,9 +139,11 @@ AVX512 static void pack_b(int transB, const float *B, long ldb, long p0, long kc
 
 // ---- the 12×32 register tile ----
 
-// c[0 ..< mr, 0 ..< nr] = alpha · Σ_kk a[kk][·] ⊗ b[kk][·] + beta · c   (beta == 0: c is not read)
+// c[0 ..< mr, 0 ..< nr] = alpha · Σ_kk a[kk][·] ⊗ b[kk][·] + beta · c + rowBias[i] + colBias[j]
+// (beta == 0: c is not read; a NULL bias adds nothing)
 AVX512 static void kernel_12x32(long kc, const float *a, const float *b, float *c, long ldc,
-                                float alpha, float beta, int mr, int nr) {
+                                float alpha, float beta, int mr, int nr,
+                                const float *rowBias, const float *colBias) {
     __m512 c0a = _mm512_setzero_ps(), c0b = _mm512_setzero_ps(), c1a = _mm512_setzero_ps(), c1b = _mm512_setzero_ps();
     __m512 c2a = _mm512_setzero_ps(), c2b = _mm512_setzero_ps(), c3a = _mm512_setzero_ps(), c3b = _mm512_setzero_ps();
     __m512 c4a = _mm512_setzero_ps(), c4b = _mm512_setzero_ps(), c5a = _mm512_setzero_ps(), c5b = _mm512_setzero_ps();
@@ -172,16 +174,25 @@ AVX512 static void kernel_12x32(long kc, const float *a, const float *b, float *
     __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
     __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    // the column bias, or zeros (then the row bias, if any, is added on top per row)
+    __m512 cba = colBias ? _mm512_maskz_loadu_ps(m0, colBias) : _mm512_setzero_ps();
+    __m512 cbb = colBias ? _mm512_maskz_loadu_ps(m1, colBias + 16) : _mm512_setzero_ps();
 #define STORE(i, ra, rb)                                                                            \
     if ((i) < mr) {                                                                                 \
         float *row = c + (long)(i) * ldc;                                                           \
+        __m512 ba = cba, bb = cbb;                                                                  \
+        if (rowBias) {                                                                              \
+            __m512 rbv = _mm512_set1_ps(rowBias[i]);                                                \
+            ba = _mm512_add_ps(ba, rbv);                                                            \
+            bb = _mm512_add_ps(bb, rbv);                                                            \
+        }                                                                                           \
         if (beta == 0) {                                                                            \
-            _mm512_mask_storeu_ps(row, m0, _mm512_mul_ps(va, ra));                                  \
-            _mm512_mask_storeu_ps(row + 16, m1, _mm512_mul_ps(va, rb));                             \
+            _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(va, ra, ba));                            \
+            _mm512_mask_storeu_ps(row + 16, m1, _mm512_fmadd_ps(va, rb, bb));                       \
         } else {                                                                                    \
             __m512 oa = _mm512_maskz_loadu_ps(m0, row), ob = _mm512_maskz_loadu_ps(m1, row + 16);   \
-            _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(va, ra, _mm512_mul_ps(vb, oa)));         \
-            _mm512_mask_storeu_ps(row + 16, m1, _mm512_fmadd_ps(va, rb, _mm512_mul_ps(vb, ob)));    \
+            _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(va, ra, _mm512_fmadd_ps(vb, oa, ba)));   \
+            _mm512_mask_storeu_ps(row + 16, m1, _mm512_fmadd_ps(va, rb, _mm512_fmadd_ps(vb, ob, bb))); \
         }                                                                                           \
     }
     STORE(0, c0a, c0b) STORE(1, c1a, c1b) STORE(2, c2a, c2b) STORE(3, c3a, c3b)
@@ -190,27 +201,28 @@ AVX512 static void kernel_12x32(long kc, const float *a, const float *b, float *
 #undef STORE
 }
 
-// C[m0 ..< m1, n0 ..< n1] *= beta (beta == 0: set to zero, C not read).
-static void scale_block(float *C, long ldc, long m0, long m1, long n0, long n1, float beta) {
+// C[m0 ..< m1, n0 ..< n1] = beta · C + rowBias[i] + colBias[j] (beta == 0: C is not read): the k == 0 case.
+static void scale_block(float *C, long ldc, long m0, long m1, long n0, long n1, float beta,
+                        const float *rowBias, const float *colBias) {
     for (long i = m0; i < m1; i++) {
         float *row = C + i * ldc;
-        if (beta == 0) {
-            memset(row + n0, 0, sizeof(float) * (size_t)(n1 - n0));
-        } else if (beta != 1) {
-            for (long j = n0; j < n1; j++) row[j] *= beta;
+        float rb = rowBias ? rowBias[i] : 0;
+        for (long j = n0; j < n1; j++) {
+            float old = beta == 0 ? 0 : beta * row[j];
+            row[j] = old + rb + (colBias ? colBias[j] : 0);
         }
     }
 }
 
 int adg_sgemm_block(int transA, int transB, long m, long n, long k,
                      float alpha, const float *A, long lda, const float *B, long ldb,
-                     float beta, float *C, long ldc,
+                     float beta, float *C, long ldc, const float *rowBias, const float *colBias,
                      long m0, long m1, long n0, long n1) {
     (void)m;
     (void)n;
     if (m1 <= m0 || n1 <= n0) return 0;
     if (k <= 0 || alpha == 0) {
-        scale_block(C, ldc, m0, m1, n0, n1, beta);
+        scale_block(C, ldc, m0, m1, n0, n1, beta, rowBias, colBias);
         return 0;
     }
     PackBuffers *buf = thread_buffers();
@@ -219,7 +231,9 @@ int adg_sgemm_block(int transA, int transB, long m, long n, long k,
         long nc = n1 - jc < NC ? n1 - jc : NC;
         for (long pc = 0; pc < k; pc += KC) {
             long kc = k - pc < KC ? k - pc : KC;
-            float beff = pc == 0 ? beta : 1.0f;
+            // the first slice applies beta and the biases; later slices accumulate onto it
+            int first = pc == 0;
+            float beff = first ? beta : 1.0f;
             pack_b(transB, B, ldb, pc, kc, jc, nc, buf->b);
             for (long ic = m0; ic < m1; ic += MC) {
                 long mc = m1 - ic < MC ? m1 - ic : MC;
@@ -229,7 +243,8 @@ int adg_sgemm_block(int transA, int transB, long m, long n, long k,
                     for (long ir = 0; ir < mc; ir += MR) {
                         int mr = (int)(mc - ir < MR ? mc - ir : MR);
                         kernel_12x32(kc, buf->a + ir * kc, buf->b + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc,
-                                     alpha, beff, mr, nr);
+                                     alpha, beff, mr, nr, first && rowBias ? rowBias + ic + ir : NULL,
+                                     first && colBias ? colBias + jc + jr : NULL);
                     }
                 }
             }

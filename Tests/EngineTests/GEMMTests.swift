@@ -71,6 +71,38 @@ final class GEMMTests: XCTestCase {
         }
     }
 
+    /// Row and column biases are added in the store, on both backends, with beta 0 (C not read) and beta ≠ 0.
+    func testBiasesInTheStore() throws {
+        var rng = TestRNG(seed: 11)
+        let backends = BLAS.avx512Available ? [GEMMBackend.avx512, .openblas] : [.openblas]
+        for s in [Shape(m: 13, n: 45, k: 300), Shape(m: 30, n: 70, k: 9), Shape(m: 2, n: 5, k: 3), Shape(m: 200, n: 300, k: 64)] {
+            for (useRow, useCol) in [(true, false), (false, true), (true, true)] {
+                for beta in [Float(0), 0.5] {
+                    let a = rng.tensor([s.m, s.k]), b = rng.tensor([s.k, s.n]), c0 = rng.tensor([s.m, s.n])
+                    let rowBias = rng.tensor([s.m]), colBias = rng.tensor([s.n])
+                    if beta == 0 { for i in 0..<c0.count { c0.data[i] = .nan } }
+                    let expected = c0.copy()
+                    Self.reference(transA: false, transB: false, m: s.m, n: s.n, k: s.k, alpha: 1.5, a: a.data, lda: s.k,
+                                   b: b.data, ldb: s.n, beta: beta, c: expected.data, ldc: s.n)
+                    for i in 0..<s.m {
+                        for j in 0..<s.n {
+                            expected.data[i * s.n + j] += (useRow ? rowBias.data[i] : 0) + (useCol ? colBias.data[j] : 0)
+                        }
+                    }
+                    for backend in backends {
+                        let out = c0.copy()
+                        withBackend(backend) {
+                            BLAS.gemm(m: s.m, n: s.n, k: s.k, alpha: 1.5, a: a.data, b: b.data, beta: beta, c: out.data,
+                                      rowBias: useRow ? rowBias.data : nil, colBias: useCol ? colBias.data : nil)
+                        }
+                        assertClose(out, expected, atol: 1e-4, rtol: 1e-5,
+                                    "\(backend) bias row \(useRow) col \(useCol) β \(beta) m \(s.m) n \(s.n) k \(s.k)")
+                    }
+                }
+            }
+        }
+    }
+
     /// Large enough to be split over threads, once along columns and once along rows; every block of C
     /// (and nothing outside the product) must be written.
     func testThreadSplitCoversTheWholeProduct() throws {

@@ -11,14 +11,15 @@ extern "C" {
 /// 1 when this CPU (and OS) can run the AVX-512 kernel, else 0.
 int adg_avx512_available(void);
 
-/// Row-major C = alpha · op(A) · op(B) + beta · C, computing only the block of C with rows [m0, m1)
+/// Row-major C = alpha · op(A) · op(B) + beta · C + rowBias[i] + colBias[j] (either bias may be NULL),
+/// computing only the block of C with rows [m0, m1)
 /// and columns [n0, n1) (so that threads can share one product). op(A) is m×k, op(B) is k×n;
 /// transA / transB say that A is stored k×m / B is stored n×k. With beta == 0, C is not read.
 /// Returns 0, or -1 (C untouched) when the per-thread packing buffers (2.2 MiB) cannot be allocated.
 /// Must only be called when adg_avx512_available() returned 1.
 int adg_sgemm_block(int transA, int transB, long m, long n, long k,
                      float alpha, const float *A, long lda, const float *B, long ldb,
-                     float beta, float *C, long ldc,
+                     float beta, float *C, long ldc, const float *rowBias, const float *colBias,
                      long m0, long m1, long n0, long n1);
 
 #ifdef __cplusplus

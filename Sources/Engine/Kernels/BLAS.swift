@@ -24,19 +24,22 @@ public enum BLAS {
         return avx512Available ? .avx512 : .openblas
     }()
 
-    /// C[m×n] = alpha · op(A) · op(B) + beta · C, all row-major.
+    /// C[m×n] = alpha · op(A) · op(B) + beta · C + rowBias[i] + colBias[j], all row-major.
     /// `lda`, `ldb`, `ldc` default to the tight leading dimensions of the stored (untransposed) arrays.
+    /// The biases (a convolution's per-output-channel bias is a row bias of C [Cout, pixels]; a linear layer's
+    /// is a column bias of C [tokens, features]) are added in the kernel's store, saving a pass over C.
     @inline(__always)
     public static func gemm(transA: Bool = false, transB: Bool = false,
                             m: Int, n: Int, k: Int,
                             alpha: Float = 1, a: UnsafePointer<Float>, lda: Int? = nil,
                             b: UnsafePointer<Float>, ldb: Int? = nil,
-                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int? = nil) {
+                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int? = nil,
+                            rowBias: UnsafePointer<Float>? = nil, colBias: UnsafePointer<Float>? = nil) {
         let lda = lda ?? (transA ? m : k)
         let ldb = ldb ?? (transB ? k : n)
         let ldc = ldc ?? n
         let p = GEMMProblem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-                            b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+                            b: b, ldb: ldb, beta: beta, c: c, ldc: ldc, rowBias: rowBias, colBias: colBias)
         // Skinny products (a row or a handful of columns) stay with OpenBLAS's gemv-like paths.
         if backend == .avx512 && m >= 4 && n >= 16 {
             p.runPacked(threads: threads)
@@ -71,6 +74,7 @@ private struct GEMMProblem {
     let b: UnsafePointer<Float>, ldb: Int
     let beta: Float
     let c: UnsafeMutablePointer<Float>, ldc: Int
+    let rowBias: UnsafePointer<Float>?, colBias: UnsafePointer<Float>?
 
     /// The AVX-512 kernel over `threads` blocks of C, split along its longer side (in whole register tiles).
     func runPacked(threads: Int) {
@@ -88,7 +92,7 @@ private struct GEMMProblem {
                 cols = 0..<n
             }
             let status = adg_sgemm_block(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb,
-                                         beta, c, ldc, rows.lowerBound, rows.upperBound,
+                                         beta, c, ldc, rowBias, colBias, rows.lowerBound, rows.upperBound,
                                          cols.lowerBound, cols.upperBound)
             if status != 0 { runOpenBLAS(rows: rows, cols: cols) }
         }
@@ -99,13 +103,21 @@ private struct GEMMProblem {
         }
     }
 
-    /// OpenBLAS on the block C[rows, cols].
+    /// OpenBLAS on the block C[rows, cols] (biases first, as C = beta · C + biases, then a beta-1 product).
     func runOpenBLAS(rows: Range<Int>, cols: Range<Int>) {
         guard !rows.isEmpty, !cols.isEmpty else { return }
+        var blasBeta = beta
+        if rowBias != nil || colBias != nil {
+            for i in rows {
+                let row = c + i * ldc, rb = rowBias?[i] ?? 0
+                for j in cols { row[j] = (beta == 0 ? 0 : beta * row[j]) + rb + (colBias?[j] ?? 0) }
+            }
+            blasBeta = 1
+        }
         let aBlock = a + (transA ? rows.lowerBound : rows.lowerBound * lda)
         let bBlock = b + (transB ? cols.lowerBound * ldb : cols.lowerBound)
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     blasint(rows.count), blasint(cols.count), blasint(k), alpha, aBlock, blasint(lda),
-                    bBlock, blasint(ldb), beta, c + rows.lowerBound * ldc + cols.lowerBound, blasint(ldc))
+                    bBlock, blasint(ldb), blasBeta, c + rows.lowerBound * ldc + cols.lowerBound, blasint(ldc))
     }
 }

@@ -54,18 +54,16 @@ extension Ops {
                             outChannels: cout, output: output, accumulate: accumulate)
             return
         }
-        if !accumulate {
-            fillBias(output, bias, channels: cout, plane: hwOut)
-        } else if let bias {
-            addBias(output, bias, channels: cout, plane: hwOut)
-        }
+        // the bias rides in the matrix product's store (a row bias of C [Cout, pixels]); with `accumulate`
+        // the product adds onto what `output` holds (beta 1), else overwrites it (beta 0)
+        let beta: Float = accumulate ? 1 : 0
         let cinG = cin / p.groups, coutG = cout / p.groups
         let k = cinG * p.kernelH * p.kernelW
         // A 1×1, stride-1, unpadded convolution is a plain matrix product over the pixels.
         if p.kernelH == 1 && p.kernelW == 1 && p.stride == 1 && p.padding == 0 {
             for g in 0..<p.groups {
                 BLAS.gemm(m: coutG, n: hwOut, k: cinG, a: weight + g * coutG * k, b: input + g * cinG * h * w,
-                          beta: 1, c: output + g * coutG * hwOut)
+                          beta: beta, c: output + g * coutG * hwOut, rowBias: bias.map { $0 + g * coutG })
             }
             return
         }
@@ -79,7 +77,8 @@ extension Ops {
                     im2col(input + g * cinG * h * w, channels: cinG, height: h, width: w, p,
                            rowStart: r0, rows: rows, outWidth: wo, col: col)
                     BLAS.gemm(m: coutG, n: rows * wo, k: k, a: weight + g * coutG * k, b: col, ldb: rows * wo,
-                              beta: 1, c: output + g * coutG * hwOut + r0 * wo, ldc: hwOut)
+                              beta: beta, c: output + g * coutG * hwOut + r0 * wo, ldc: hwOut,
+                              rowBias: bias.map { $0 + g * coutG })
                     r0 += rows
                 }
             }

@@ -12,10 +12,7 @@ extension Ops {
         let inF = weight.shape[1], outF = weight.shape[0]
         let rows = x.count / inF
         let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outF])
-        if let bias {
-            for r in 0..<rows { (y.data + r * outF).update(from: bias.data, count: outF) }
-        }
-        BLAS.gemm(transB: true, m: rows, n: outF, k: inF, a: x.data, b: weight.data, beta: bias == nil ? 0 : 1, c: y.data)
+        BLAS.gemm(transB: true, m: rows, n: outF, k: inF, a: x.data, b: weight.data, c: y.data, colBias: bias?.data)
         return y
     }
 

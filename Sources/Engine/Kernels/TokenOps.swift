@@ -47,13 +47,10 @@ extension Ops {
         let hw = x.count / max(n * c, 1)
         let o = weight.shape[0]
         let y = Tensor(uninitialized: [n, hw, o])
-        if let bias {
-            for r in 0..<(n * hw) { (y.data + r * o).update(from: bias.data, count: o) }
-        }
         for b in 0..<n {
-            // y_b[hw, o] = x_b[c, hw]ᵀ · W[o, c]ᵀ
+            // y_b[hw, o] = x_b[c, hw]ᵀ · W[o, c]ᵀ + b
             BLAS.gemm(transA: true, transB: true, m: hw, n: o, k: c, a: x.data + b * c * hw, lda: hw,
-                      b: weight.data, ldb: c, beta: bias == nil ? 0 : 1, c: y.data + b * hw * o)
+                      b: weight.data, ldb: c, c: y.data + b * hw * o, colBias: bias?.data)
         }
         return y
     }
@@ -64,11 +61,10 @@ extension Ops {
         let (n, hw, i) = (t.shape[0], t.shape[1], t.shape[2])
         let c = weight.shape[0]
         let y = residual.copy()
-        if let bias { for b in 0..<n { addBias(y.data + b * c * hw, bias.data, channels: c, plane: hw) } }
         for b in 0..<n {
-            // y_b[c, hw] += W[c, i] · t_b[hw, i]ᵀ
+            // y_b[c, hw] += W[c, i] · t_b[hw, i]ᵀ + b
             BLAS.gemm(transB: true, m: c, n: hw, k: i, a: weight.data, b: t.data + b * hw * i, ldb: i,
-                      beta: 1, c: y.data + b * c * hw)
+                      beta: 1, c: y.data + b * c * hw, rowBias: bias?.data)
         }
         return y
     }
@@ -77,16 +73,8 @@ extension Ops {
     public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, accumulatingInto y: Tensor) {
         let inF = weight.shape[1], outF = weight.shape[0]
         let rows = x.count / inF
-        if let bias {
-            let (py, pb) = (y.data, bias.data)
-            Parallel.forEachChunk(rows, grain: max(1, 16384 / max(outF, 1))) { r in
-                for row in r {
-                    let d = py + row * outF
-                    for j in 0..<outF { d[j] += pb[j] }
-                }
-            }
-        }
-        BLAS.gemm(transB: true, m: rows, n: outF, k: inF, a: x.data, b: weight.data, beta: 1, c: y.data)
+        BLAS.gemm(transB: true, m: rows, n: outF, k: inF, a: x.data, b: weight.data, beta: 1, c: y.data,
+                  colBias: bias?.data)
     }
 
     /// GEGLU (diffusers `GEGLU` after its proj): x [..., 2F] → [..., F], hidden, gate = x.chunk(2, -1);

@@ -125,8 +125,8 @@ struct VAEAttention: Sendable {
             Ops.groupNormSiLU(input: xb, output: normed, batch: 1, channels: c, plane: hw, groups: norm.groups,
                               weight: norm.weight.data, bias: norm.bias.data, eps: norm.eps, silu: false)
             // [q | k | v] = x̂ᵀ · W_qkvᵀ + b                                           [HW, 3C]
-            for t in 0..<hw { (qkv + t * 3 * c).update(from: qkvBias.data, count: 3 * c) }
-            BLAS.gemm(transA: true, transB: true, m: hw, n: 3 * c, k: c, a: normed, b: qkvWeight.data, beta: 1, c: qkv)
+            BLAS.gemm(transA: true, transB: true, m: hw, n: 3 * c, k: c, a: normed, b: qkvWeight.data, c: qkv,
+                      colBias: qkvBias.data)
             // o = softmax(q kᵀ / √C) v, blocked over queries                          [HW, C]
             Ops.attention(q: AttentionOperand(qkv, rowStride: 3 * c, batchStride: 0),
                           k: AttentionOperand(qkv + c, rowStride: 3 * c, batchStride: 0),
@@ -134,8 +134,8 @@ struct VAEAttention: Sendable {
                           out: AttentionOperand(attn, rowStride: c, batchStride: 0),
                           batch: 1, heads: 1, queries: hw, keys: hw, headDim: c, scale: 1 / Float(c).squareRoot())
             // out = x + W_o · oᵀ + b_o, written straight back in NCHW                   [C, HW]
-            if let bo = toOut.bias { Ops.addBias(ob, bo.data, channels: c, plane: hw) }
-            BLAS.gemm(transB: true, m: c, n: hw, k: c, a: toOut.weight.data, b: attn, beta: 1, c: ob)
+            BLAS.gemm(transB: true, m: c, n: hw, k: c, a: toOut.weight.data, b: attn, beta: 1, c: ob,
+                      rowBias: toOut.bias?.data)
         }
         return out
     }
@@ -307,13 +307,12 @@ public struct AutoencoderKL: Sendable {
         ScratchPool.withBuffer(k * rowsPerBand * wo) { col in
             for b in 0..<n {
                 let out = y.data + b * cout * ho * wo
-                Ops.fillBias(out, conv.bias?.data, channels: cout, plane: ho * wo)
                 var r0 = 0
                 while r0 < ho {
                     let rows = min(rowsPerBand, ho - r0)
                     Ops.im2col(x.data + b * c * h * w, channels: c, height: h, width: w, p, rowStart: r0, rows: rows, outWidth: wo, col: col)
-                    BLAS.gemm(m: cout, n: rows * wo, k: k, a: conv.weight.data, b: col, ldb: rows * wo, beta: 1,
-                              c: out + r0 * wo, ldc: ho * wo)
+                    BLAS.gemm(m: cout, n: rows * wo, k: k, a: conv.weight.data, b: col, ldb: rows * wo,
+                              c: out + r0 * wo, ldc: ho * wo, rowBias: conv.bias?.data)
                     r0 += rows
                 }
             }

@@ -78,20 +78,7 @@ struct CLIPEncoderLayer: Sendable {
 
     /// y += x · Wᵀ + b (the residual add fused into the gemm): x [..., in], y [..., out].
     static func addLinear(_ x: Tensor, _ layer: Linear, into y: Tensor) {
-        let inF = layer.weight.shape[1], outF = layer.weight.shape[0]
-        let rows = x.count / inF
-        if let bias = layer.bias {
-            let yp = y.data, bp = bias.data
-            Parallel.forEachChunk(rows, grain: max(1, 16_384 / max(outF, 1))) { r in
-                for row in r {
-                    let o = yp + row * outF
-                    for j in 0..<outF { o[j] += bp[j] }
-                }
-            }
-        }
-        withExtendedLifetime(x) {
-            BLAS.gemm(transB: true, m: rows, n: outF, k: inF, a: x.data, b: layer.weight.data, beta: 1, c: y.data)
-        }
+        Ops.linear(x, weight: layer.weight, bias: layer.bias, accumulatingInto: y)
     }
 }
 

@@ -118,8 +118,7 @@ struct NAFBlock: Sendable {
         // x̂ = LayerNorm2d(x) (affine folded into conv1)                        [c, h, w]
         Ops.layerNorm2d(input: x, channels: c, plane: hw, eps: 1e-6, weight: nil, bias: nil, output: normed)
         // t = conv1(x̂)                                                         [2c, h, w]
-        Ops.fillBias(expanded, b1.data, channels: 2 * c, plane: hw)
-        BLAS.gemm(m: 2 * c, n: hw, k: c, a: w1.data, b: normed, beta: 1, c: expanded)
+        BLAS.gemm(m: 2 * c, n: hw, k: c, a: w1.data, b: normed, c: expanded, rowBias: b1.data)
         // g = SimpleGate(dw3×3(t)), pooled = mean over pixels of g              [c, h, w], [c]
         let pooled = UnsafeMutablePointer<Float>.allocateAligned(capacity: 2 * c)
         defer { pooled.deallocate() }
@@ -135,15 +134,12 @@ struct NAFBlock: Sendable {
             for k in 0..<c { w3s[r * c + k] = w3.data[r * c + k] * scale[k] }
         }
         // y = x + β·conv3(g · s)                                                [c, h, w]
-        Ops.addBias(x, b3.data, channels: c, plane: hw)
-        BLAS.gemm(m: c, n: hw, k: c, a: w3s, b: gated, beta: 1, c: x)
+        BLAS.gemm(m: c, n: hw, k: c, a: w3s, b: gated, beta: 1, c: x, rowBias: b3.data)
         // u = conv4(LN(y)); v = SimpleGate(u); out = y + γ·conv5(v)             [2c → c, h, w]
         Ops.layerNorm2d(input: x, channels: c, plane: hw, eps: 1e-6, weight: nil, bias: nil, output: normed)
-        Ops.fillBias(expanded, b4.data, channels: 2 * c, plane: hw)
-        BLAS.gemm(m: 2 * c, n: hw, k: c, a: w4.data, b: normed, beta: 1, c: expanded)
+        BLAS.gemm(m: 2 * c, n: hw, k: c, a: w4.data, b: normed, c: expanded, rowBias: b4.data)
         NAFBlock.simpleGate(expanded, channels: c, plane: hw, output: gated)
-        Ops.addBias(x, b5.data, channels: c, plane: hw)
-        BLAS.gemm(m: c, n: hw, k: c, a: w5.data, b: gated, beta: 1, c: x)
+        BLAS.gemm(m: c, n: hw, k: c, a: w5.data, b: gated, beta: 1, c: x, rowBias: b5.data)
     }
 
     /// g[i] = (dw(t[i]) + b[i]) · (dw(t[i+c]) + b[i+c]) row by row, and each channel's mean of g.
