@@ -24,6 +24,23 @@ final class NAFNetTests: XCTestCase {
         assertClose(try model(try io.tensor("input_16")), try io.tensor("output_16"), atol: 1e-4, rtol: 1e-4, "output 16×16")
     }
 
+    /// The feed-forward half runs in pixel tiles on narrow levels: on an image spanning several tiles it must
+    /// give what the whole-tensor path gives.
+    func testTiledFeedForwardMatchesWholeTensorPath() throws {
+        var config = NAFNetConfig()
+        config.width = 16; config.encBlkNums = [1, 1]; config.middleBlkNum = 1; config.decBlkNums = [1, 1]
+        let net = try NAFNet(config: config, weights: WeightLoader.random(seed: 3))
+        var rng = TestRNG(seed: 4)
+        let x = rng.tensor([1, 6, 96, 72])          // 6912 pixels: several 2048-pixel tiles at width 16
+        let saved = NAFBlock.tiledFeedForwardMaxChannels
+        defer { NAFBlock.tiledFeedForwardMaxChannels = saved }
+        NAFBlock.tiledFeedForwardMaxChannels = 1 << 20
+        let tiled = try net(x)
+        NAFBlock.tiledFeedForwardMaxChannels = 0
+        let whole = try net(x)
+        assertClose(tiled, whole, atol: 1e-5, rtol: 1e-5, "tiled vs whole-tensor feed-forward")
+    }
+
     func testConfigDefaultsAreTheFullAutoDIRSCM() throws {
         let c = try JSONDecoder().decode(NAFNetConfig.self, from: Data("{}".utf8))
         XCTAssertEqual(c, NAFNetConfig())

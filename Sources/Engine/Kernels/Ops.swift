@@ -153,35 +153,43 @@ extension Ops {
                                    output: UnsafeMutablePointer<Float>) {
         let tile = 256
         let tiles = (plane + tile - 1) / tile
-        let invC = 1 / Float(c)
         Parallel.forEachChunk(tiles) { r in
-            var mean = [Float](repeating: 0, count: tile)
-            var rstd = [Float](repeating: 0, count: tile)
-            mean.withUnsafeMutableBufferPointer { meanBuf in
-                rstd.withUnsafeMutableBufferPointer { rstdBuf in
-                    let mu = meanBuf.baseAddress!, rs = rstdBuf.baseAddress!
-                    for t in r {
-                        let p0 = t * tile, len = min(tile, plane - p0)
-                        mu.update(repeating: 0, count: len)
-                        rs.update(repeating: 0, count: len)
-                        for ch in 0..<c {
-                            let s = input + ch * plane + p0
-                            for i in 0..<len { mu[i] += s[i] }
-                        }
-                        for i in 0..<len { mu[i] *= invC }
-                        for ch in 0..<c {
-                            let s = input + ch * plane + p0
-                            for i in 0..<len { let d = s[i] - mu[i]; rs[i] += d * d }
-                        }
-                        for i in 0..<len { rs[i] = 1 / (rs[i] * invC + eps).squareRoot() }
-                        for ch in 0..<c {
-                            let s = input + ch * plane + p0, o = output + ch * plane + p0
-                            let g = weight?[ch] ?? 1, b = bias?[ch] ?? 0
-                            for i in 0..<len { o[i] = (s[i] - mu[i]) * rs[i] * g + b }
-                        }
-                    }
-                }
+            let mu = UnsafeMutablePointer<Float>.allocateAligned(capacity: 2 * tile)
+            defer { mu.deallocate() }
+            for t in r {
+                let p0 = t * tile
+                layerNorm2dPixels(input: input + p0, inputStride: plane, output: output + p0, outputStride: plane,
+                                  channels: c, count: min(tile, plane - p0), eps: eps, weight: weight, bias: bias,
+                                  scratch: mu)
             }
+        }
+    }
+
+    /// LayerNorm2d of `count` pixels, serially: channel ch of the pixels at input + ch·inputStride, written to
+    /// output + ch·outputStride. `scratch` holds 2·count floats (the pixels' means and 1/σ).
+    @inline(__always)
+    static func layerNorm2dPixels(input: UnsafePointer<Float>, inputStride: Int, output: UnsafeMutablePointer<Float>,
+                                  outputStride: Int, channels c: Int, count len: Int, eps: Float,
+                                  weight: UnsafePointer<Float>?, bias: UnsafePointer<Float>?,
+                                  scratch: UnsafeMutablePointer<Float>) {
+        let invC = 1 / Float(c)
+        let mu = scratch, rs = scratch + len
+        mu.update(repeating: 0, count: len)
+        rs.update(repeating: 0, count: len)
+        for ch in 0..<c {
+            let s = input + ch * inputStride
+            for i in 0..<len { mu[i] += s[i] }
+        }
+        for i in 0..<len { mu[i] *= invC }
+        for ch in 0..<c {
+            let s = input + ch * inputStride
+            for i in 0..<len { let d = s[i] - mu[i]; rs[i] += d * d }
+        }
+        for i in 0..<len { rs[i] = 1 / (rs[i] * invC + eps).squareRoot() }
+        for ch in 0..<c {
+            let s = input + ch * inputStride, o = output + ch * outputStride
+            let g = weight?[ch] ?? 1, b = bias?[ch] ?? 0
+            for i in 0..<len { o[i] = (s[i] - mu[i]) * rs[i] * g + b }
         }
     }
 }

@@ -136,10 +136,42 @@ struct NAFBlock: Sendable {
         // y = x + β·conv3(g · s)                                                [c, h, w]
         BLAS.gemm(m: c, n: hw, k: c, a: w3s, b: gated, beta: 1, c: x, rowBias: b3.data)
         // u = conv4(LN(y)); v = SimpleGate(u); out = y + γ·conv5(v)             [2c → c, h, w]
+        if c <= NAFBlock.tiledFeedForwardMaxChannels {
+            feedForwardTiled(x, pixels: hw)
+            return
+        }
         Ops.layerNorm2d(input: x, channels: c, plane: hw, eps: 1e-6, weight: nil, bias: nil, output: normed)
         BLAS.gemm(m: 2 * c, n: hw, k: c, a: w4.data, b: normed, c: expanded, rowBias: b4.data)
         NAFBlock.simpleGate(expanded, channels: c, plane: hw, output: gated)
         BLAS.gemm(m: c, n: hw, k: c, a: w5.data, b: gated, beta: 1, c: x, rowBias: b5.data)
+    }
+
+    /// Widest level whose feed-forward half runs in cache-sized pixel tiles (below it the weights are small
+    /// enough to re-pack per tile and the activations too large to stream through memory four times).
+    nonisolated(unsafe) static var tiledFeedForwardMaxChannels = 256
+
+    /// The block's second half — x += γ·conv5(SimpleGate(conv4(LN(x)))) — is per pixel, so it runs on tiles
+    /// of P pixels whose [4c, P] intermediates stay in L2, one tile per thread, instead of four passes over
+    /// whole [c…2c, H·W] tensors.
+    func feedForwardTiled(_ x: UnsafeMutablePointer<Float>, pixels hw: Int) {
+        let tile = max(128, (32_768 / c) / 32 * 32)
+        let tiles = (hw + tile - 1) / tile
+        BLAS.singleThreaded {
+            Parallel.forEachChunk(tiles) { range in
+                let scratch = UnsafeMutablePointer<Float>.allocateAligned(capacity: 4 * c * tile + 2 * tile)
+                defer { scratch.deallocate() }
+                let normed = scratch, expanded = scratch + c * tile, gated = scratch + 3 * c * tile
+                let stats = scratch + 4 * c * tile
+                for t in range {
+                    let p0 = t * tile, n = min(tile, hw - p0)
+                    Ops.layerNorm2dPixels(input: x + p0, inputStride: hw, output: normed, outputStride: n, channels: c,
+                                          count: n, eps: 1e-6, weight: nil, bias: nil, scratch: stats)
+                    BLAS.gemm(m: 2 * c, n: n, k: c, a: w4.data, b: normed, c: expanded, rowBias: b4.data)
+                    for i in 0..<(c * n) { gated[i] = expanded[i] * expanded[c * n + i] }
+                    BLAS.gemm(m: c, n: n, k: c, a: w5.data, b: gated, beta: 1, c: x + p0, ldc: hw, rowBias: b5.data)
+                }
+            }
+        }
     }
 
     /// g[i] = (dw(t[i]) + b[i]) · (dw(t[i+c]) + b[i+c]) row by row, and each channel's mean of g.
