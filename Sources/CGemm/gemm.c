@@ -73,6 +73,35 @@ static PackBuffers *thread_buffers(void) {
 
 // ---- packing ----
 
+// In-register transpose of a 16×16 block: r[i] holds row i on entry and column i on return.
+// Stage 1–2 transpose the 4×4 blocks inside each 128-bit lane; stage 3–4 move the lanes into place.
+AVX512 static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int g = 0; g < 4; g++) {
+        __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 2]);
+        __m512d c = _mm512_castps_pd(t[4 * g + 1]), d = _mm512_castps_pd(t[4 * g + 3]);
+        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    // u[4g + j], lane L = rows 4g … 4g+3 of column 4L + j
+    for (int j = 0; j < 4; j++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
+        __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44), w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+        r[j] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+        r[4 + j] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+        r[8 + j] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+    }
+}
+
+static inline __mmask16 first_lanes(long n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
+
 // op(A)[i0 ..< i0+mc, p0 ..< p0+kc] → MR-row panels: dst[panel][kk][r] (rows past mc are zero).
 AVX512 static void pack_a(int transA, const float *A, long lda, long i0, long mc, long p0, long kc, float *dst) {
     for (long ip = 0; ip < mc; ip += MR) {
@@ -87,13 +116,17 @@ AVX512 static void pack_a(int transA, const float *A, long lda, long i0, long mc
                 for (; r < MR; r++) d[kk * MR + r] = 0;
             }
         } else {
-            for (long r = 0; r < MR; r++) {
-                if (r < rows) {
-                    const float *s = A + (i0 + ip + r) * lda + p0;
-                    for (long kk = 0; kk < kc; kk++) d[kk * MR + r] = s[kk];
-                } else {
-                    for (long kk = 0; kk < kc; kk++) d[kk * MR + r] = 0;
+            // A stored m×k: 16 k-values of each of the MR rows, transposed in registers, give 16 packed
+            // rows of MR values (rows past `rows` and k past kc are loaded as zeros).
+            for (long k0 = 0; k0 < kc; k0 += 16) {
+                __mmask16 km = first_lanes(kc - k0);
+                __m512 r[16];
+                for (int i = 0; i < 16; i++) {
+                    r[i] = i < rows ? _mm512_maskz_loadu_ps(km, A + (i0 + ip + i) * lda + p0 + k0) : _mm512_setzero_ps();
                 }
+                transpose16(r);
+                long n = kc - k0 < 16 ? kc - k0 : 16;
+                for (long t = 0; t < n; t++) _mm512_mask_storeu_ps(d + (k0 + t) * MR, 0x0FFF, r[t]);
             }
         }
     }
@@ -122,16 +155,22 @@ AVX512 static void pack_b(int transB, const float *B, long ldb, long p0, long kc
         }
         return;
     }
-    // B stored n×k: column c of a panel is a contiguous run along k.
+    // B stored n×k: column c of a panel is a contiguous run along k; 16 columns × 16 k-values at a time are
+    // transposed in registers into 16 packed rows (columns past nc and k past kc are loaded as zeros).
     for (long jp = 0; jp < nc; jp += NR) {
         long cols = nc - jp < NR ? nc - jp : NR;
         float *d = dst + jp * kc;
-        for (long c = 0; c < NR; c++) {
-            if (c < cols) {
-                const float *s = B + (j0 + jp + c) * ldb + p0;
-                for (long kk = 0; kk < kc; kk++) d[kk * NR + c] = s[kk];
-            } else {
-                for (long kk = 0; kk < kc; kk++) d[kk * NR + c] = 0;
+        for (long k0 = 0; k0 < kc; k0 += 16) {
+            __mmask16 km = first_lanes(kc - k0);
+            long n = kc - k0 < 16 ? kc - k0 : 16;
+            for (int half = 0; half < NR / 16; half++) {
+                __m512 r[16];
+                for (int i = 0; i < 16; i++) {
+                    long c = half * 16 + i;
+                    r[i] = c < cols ? _mm512_maskz_loadu_ps(km, B + (j0 + jp + c) * ldb + p0 + k0) : _mm512_setzero_ps();
+                }
+                transpose16(r);
+                for (long t = 0; t < n; t++) _mm512_store_ps(d + (k0 + t) * NR + half * 16, r[t]);
             }
         }
     }

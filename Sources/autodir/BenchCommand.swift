@@ -8,8 +8,10 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Time a full-size AutoDIR component with random weights (compare with shared/bench/torch_reference.py).",
         discussion: "Components: scm (NAFNet width 64, enc [2,2,4,8], middle 12, dec [2,2,2,2], 6 → 3 channels). "
-            + "unet, vae_encode, vae_decode, clip_vision and clip_text arrive with their models. "
-            + "pipeline_pass: one AutoDIR pass at --res with --steps (default 20) on the full-size models.")
+            + "unet, vae_encode, vae_decode (SD KL-f8), clip_vision, clip_text (CLIP ViT-L/14) at the AutoDIR sizes. "
+            + "pipeline_pass: one AutoDIR pass at --res with --steps (default 20) on the full-size models. "
+            + "detect: one BIQA detection on a loaded full-size BIQA. vae_encode_tiled / vae_decode_tiled: the "
+            + "large-image path (512-pixel tiles). sgemm: one res×res×res matrix product.")
 
     @Argument(help: "Component to time.") var component: String
     @Option(help: "Image side in pixels.") var res: Int = 512
@@ -63,6 +65,16 @@ struct BenchCommand: ParsableCommand {
             for i in 0..<x.count { x.data[i] = rng.nextFloat() * 2 - 1 }
             body = encode ? { _ = try vae.encode(x) } : { _ = try vae.decode(x) }
             gflop = (encode ? vae.encodeFlops(height: res, width: res) : vae.decodeFlops(height: res / 8, width: res / 8)) / 1e9
+        case "vae_encode_tiled", "vae_decode_tiled":  // the pipeline's large-image path: 512-pixel tiles, 128 overlap
+            guard res % 8 == 0 else { throw ValidationError("\(component): --res must be a multiple of 8") }
+            let vae = try AutoencoderKL(config: AutoencoderKLConfig(), weights: WeightLoader.random(seed: 0))
+            let encode = component == "vae_encode_tiled"
+            let x = Tensor(uninitialized: encode ? [1, 3, res, res] : [1, 4, res / 8, res / 8])
+            var rng = SplitMix64(seed: 1)
+            for i in 0..<x.count { x.data[i] = rng.nextFloat() * 2 - 1 }
+            body = encode ? { _ = try vae.encodeTiled(x) } : { _ = try vae.decodeTiled(x) }
+            // nominal: the untiled network's work (the overlaps add more)
+            gflop = (encode ? vae.encodeFlops(height: res, width: res) : vae.decodeFlops(height: res / 8, width: res / 8)) / 1e9
         case "unet":  // AutoDIR's UNet (SD 1.x, 8 input channels): one denoiser call on a res/8 latent, t = 500
             let config = UNet2DConditionModelConfig()
             let multiple = 8 << (config.levels - 1)
@@ -74,11 +86,14 @@ struct BenchCommand: ParsableCommand {
             for t in [sample, context] { for i in 0..<t.count { t.data[i] = rng.nextFloat() * 2 - 1 } }
             body = { _ = try unet(sample, timestep: 500, context: context) }
             gflop = unet.flops(height: lat, width: lat) / 1e9
+        case "detect":  // one BIQA detection on a loaded full-size BIQA (--res: the image side): BenchPipeline.swift
+            (body, gflop) = try detectBench(res: res)
         case "pipeline_pass":  // one full-size AutoDIR pass (BIQA, encode, --steps UNet steps, decode, SCM): BenchPipeline.swift
             guard (1...1000).contains(steps) else { throw ValidationError("--steps must be in 1…1000") }
             (body, gflop) = try pipelinePassBench(res: res, steps: steps)
         default:
-            throw ValidationError("unknown component '\(component)' (scm, unet, vae_encode, vae_decode, clip_vision, clip_text, pipeline_pass)")
+            throw ValidationError("unknown component '\(component)' (scm, unet, vae_encode, vae_decode, vae_encode_tiled, "
+                                  + "vae_decode_tiled, clip_vision, clip_text, detect, pipeline_pass, sgemm)")
         }
         try body()  // warm-up
         var times: [Double] = []

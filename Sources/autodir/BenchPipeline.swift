@@ -53,3 +53,19 @@ func pipelinePassBench(res: Int, steps: Int) throws -> (body: () throws -> Void,
         _ = try pipeline.restore(image, options: options)
     }, flops / 1e9)
 }
+
+/// One BIQA detection on a loaded full-size BIQA (CLIP ViT-L/14, random weights, the 8 AutoDIR prompts
+/// embedded once at load, as the pipeline does): preprocessing of a res×res image, the vision tower, the
+/// similarities and the softmax — what `autodir detect` costs per image once the model is loaded.
+func detectBench(res: Int) throws -> (body: () throws -> Void, gflop: Double) {
+    guard let tokenizerDir = findRepositoryPath("Tests/EngineTests/Fixtures/tokenizer")
+            ?? findRepositoryPath("models/autodir-tiny/tokenizer") else {
+        throw EngineError.io("detect needs CLIP tokenizer files (vocab.json, merges.txt): run it from the autodir repository")
+    }
+    let clip = try CLIPModel(config: CLIPConfig(), weights: WeightLoader.random(seed: 2))
+    let biqa = try BIQA(clip: clip, tokenizer: try CLIPTokenizer(directory: tokenizerDir))
+    let image = Tensor(uninitialized: [1, 3, res, res])
+    var rng = SplitMix64(seed: 1)
+    for i in 0..<image.count { image.data[i] = rng.nextFloat() }
+    return ({ _ = try biqa.detect(image) }, clip.visionModel.flops(batch: 1) / 1e9)
+}

@@ -143,41 +143,41 @@ extension NaiveOps {
 // MARK: - Vectorised softmax (attention scores)
 
 extension Ops {
-    /// e^x on 8 lanes: Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial), ≈1 ulp
+    /// e^x on 16 lanes: Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial), ≈1 ulp
     /// on [−87.3, 88.7]; inputs are clamped there, so −∞ gives ≈1e−38 rather than 0.
     @inline(__always)
-    static func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
-        let lo = SIMD8<Float>(repeating: -87.33), hi = SIMD8<Float>(repeating: 88.72)
+    static func exp16(_ x: SIMD16<Float>) -> SIMD16<Float> {
+        let lo = SIMD16<Float>(repeating: -87.33), hi = SIMD16<Float>(repeating: 88.72)
         var x = x.replacing(with: lo, where: x .< lo).replacing(with: hi, where: x .> hi)
         // n = round(x·log2 e) by the 1.5·2²³ trick: the sum's low mantissa bits hold n.
         let shifted = x * 1.44269504088896341 + 12582912
         let fx = shifted - 12582912
         x = x - fx * 0.693359375
         x = x - fx * -2.12194440e-4
-        var y = SIMD8<Float>(repeating: 1.9875691500e-4)
+        var y = SIMD16<Float>(repeating: 1.9875691500e-4)
         y = y * x + 1.3981999507e-3
         y = y * x + 8.3334519073e-3
         y = y * x + 4.1665795894e-2
         y = y * x + 1.6666665459e-1
         y = y * x + 5.0000001201e-1
         y = y * (x * x) + x + 1
-        let n = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- 0x4B40_0000
-        return y * unsafeBitCast((n &+ 127) &<< 23, to: SIMD8<Float>.self)
+        let n = unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- 0x4B40_0000
+        return y * unsafeBitCast((n &+ 127) &<< 23, to: SIMD16<Float>.self)
     }
 
-    /// Softmax over each row of p [rows, cols] in place (as `softmaxRowsInPlace`, 8 lanes at a time).
+    /// Softmax over each row of p [rows, cols] in place (as `softmaxRowsInPlace`, 16 lanes at a time).
     /// A row that is all −∞ becomes NaN, as in PyTorch.
     public static func softmaxRowsFast(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
         Parallel.forEachChunk(rows, grain: max(1, 8192 / max(cols, 1))) { r in
             for row in r {
                 let v = p + row * cols
                 let raw = UnsafeMutableRawPointer(v)
-                let inv = SIMD8<Float>(repeating: 1 / expRowUnnormalized(v, cols: cols))
+                let inv = SIMD16<Float>(repeating: 1 / expRowUnnormalized(v, cols: cols))
                 var j = 0
-                while j + 8 <= cols {
-                    let e = raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) * inv
-                    raw.storeBytes(of: e, toByteOffset: 4 * j, as: SIMD8<Float>.self)
-                    j += 8
+                while j + 16 <= cols {
+                    let e = raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self) * inv
+                    raw.storeBytes(of: e, toByteOffset: 4 * j, as: SIMD16<Float>.self)
+                    j += 16
                 }
                 while j < cols { v[j] *= inv[0]; j += 1 }
             }
@@ -191,31 +191,31 @@ extension Ops {
         for row in 0..<rows { sums[row] = expRowUnnormalized(p + row * cols, cols: cols) }
     }
 
-    /// v ← exp(v − max v) over one row of `cols` values, 8 lanes at a time; returns Σ of the new row.
+    /// v ← exp(v − max v) over one row of `cols` values, 16 lanes at a time; returns Σ of the new row.
     /// A row that is all −∞ becomes NaN.
     @inline(__always)
     static func expRowUnnormalized(_ v: UnsafeMutablePointer<Float>, cols: Int) -> Float {
         let raw = UnsafeMutableRawPointer(v)
         var j = 0
-        var m8 = SIMD8<Float>(repeating: -.infinity)
-        while j + 8 <= cols {
-            let v8 = raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
-            m8 = m8.replacing(with: v8, where: v8 .> m8)
-            j += 8
+        var m16 = SIMD16<Float>(repeating: -.infinity)
+        while j + 16 <= cols {
+            let v16 = raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self)
+            m16 = m16.replacing(with: v16, where: v16 .> m16)
+            j += 16
         }
-        var mx = m8.max()
+        var mx = m16.max()
         while j < cols { mx = max(mx, v[j]); j += 1 }
         if mx == -.infinity { mx = .nan }
-        let m = SIMD8<Float>(repeating: mx)
-        var s8 = SIMD8<Float>(repeating: 0)
+        let m = SIMD16<Float>(repeating: mx)
+        var s16 = SIMD16<Float>(repeating: 0)
         j = 0
-        while j + 8 <= cols {
-            let e = exp8(raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self) - m)
-            raw.storeBytes(of: e, toByteOffset: 4 * j, as: SIMD8<Float>.self)
-            s8 += e
-            j += 8
+        while j + 16 <= cols {
+            let e = exp16(raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self) - m)
+            raw.storeBytes(of: e, toByteOffset: 4 * j, as: SIMD16<Float>.self)
+            s16 += e
+            j += 16
         }
-        var sum = s8.sum()
+        var sum = s16.sum()
         while j < cols { let e = expf(v[j] - mx); v[j] = e; sum += e; j += 1 }
         return sum
     }

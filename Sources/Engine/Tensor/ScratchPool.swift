@@ -7,8 +7,8 @@ import Foundation
 public enum ScratchPool {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var free: [(pointer: UnsafeMutablePointer<Float>, capacity: Int)] = []
-    /// Buffers kept when idle; more than this are freed on release.
-    private static let maxKept = 16
+    /// Floats kept in idle buffers (64 Mi floats = 256 MiB at most; the least recently used go first).
+    nonisolated(unsafe) public static var maxKeptFloats = 64 << 20
 
     /// Runs `body` with a 64-byte-aligned buffer of at least `count` floats (uninitialised), then returns it to the pool.
     public static func withBuffer<R>(_ count: Int, _ body: (UnsafeMutablePointer<Float>) throws -> R) rethrows -> R {
@@ -35,12 +35,12 @@ public enum ScratchPool {
 
     private static func release(_ buffer: (pointer: UnsafeMutablePointer<Float>, capacity: Int)) {
         lock.lock()
-        free.append(buffer)
+        free.append(buffer)                                     // most recently used last
         var evicted: [UnsafeMutablePointer<Float>] = []
-        while free.count > maxKept {
-            // drop the smallest: big buffers are the expensive ones to fault in again
-            let i = free.indices.min(by: { free[$0].capacity < free[$1].capacity })!
-            evicted.append(free.remove(at: i).pointer)
+        var kept = free.reduce(0) { $0 + $1.capacity }
+        while kept > maxKeptFloats, let oldest = free.first {
+            kept -= oldest.capacity
+            evicted.append(free.removeFirst().pointer)
         }
         lock.unlock()
         evicted.forEach { $0.deallocate() }
