@@ -41,7 +41,7 @@ struct ComputeOptions: ParsableArguments {
 struct VersionCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "version", abstract: "Print versions of autodir and its libraries.")
     func run() {
-        print("autodir \(AutodirVersion.string) (libzmq \(ZMQ.version), OpenBLAS threads \(BLAS.threads), gemm \(BLAS.backend.rawValue))")
+        print("autodir \(AutodirVersion.string) (libzmq \(ZMQ.version), matrix threads \(BLAS.threads), gemm \(BLAS.backend.rawValue))")
     }
 }
 

@@ -19,10 +19,29 @@ public enum BLAS {
     public static let avx512Available = adg_avx512_available() == 1
 
     /// The backend `gemm` uses: AVX-512 when available, unless the environment says AUTODIR_GEMM=openblas.
-    nonisolated(unsafe) public static var backend: GEMMBackend = {
-        if ProcessInfo.processInfo.environment["AUTODIR_GEMM"]?.lowercased() == "openblas" { return .openblas }
-        return avx512Available ? .avx512 : .openblas
+    /// With the AVX-512 backend OpenBLAS is kept to one thread (it still serves gemv and skinny products):
+    /// its idle threads spin in sched_yield after every call and would take cores from the engine's own.
+    nonisolated(unsafe) public static var backend: GEMMBackend = initialBackend {
+        didSet { applyThreads() }
+    }
+
+    private static let initialBackend: GEMMBackend = {
+        let choice: GEMMBackend
+        if ProcessInfo.processInfo.environment["AUTODIR_GEMM"]?.lowercased() == "openblas" {
+            choice = .openblas
+        } else {
+            choice = avx512Available ? .avx512 : .openblas
+        }
+        _ = defaultThreads  // read before OpenBLAS is set to one thread
+        if choice == .avx512 { openblas_set_num_threads(1) }
+        return choice
     }()
+
+    /// OpenBLAS's own default (cores, or OPENBLAS_NUM_THREADS), read once before the engine changes it.
+    private static let defaultThreads = max(1, Int(openblas_get_num_threads()))
+
+    /// Threads one matrix product may use (OpenBLAS's count with the OpenBLAS backend).
+    nonisolated(unsafe) private static var threadCount = defaultThreads
 
     /// C[m×n] = alpha · op(A) · op(B) + beta · C + rowBias[i] + colBias[j], all row-major.
     /// `lda`, `ldb`, `ldc` default to the tight leading dimensions of the stored (untransposed) arrays.
@@ -59,10 +78,18 @@ public enum BLAS {
 
     /// Threads one matrix product may use, for OpenBLAS and the AVX-512 kernel (0 or less leaves the default).
     public static func setThreads(_ n: Int) {
-        if n > 0 { openblas_set_num_threads(Int32(n)) }
+        if n > 0 { threadCount = n }
+        applyThreads()
     }
 
-    public static var threads: Int { Int(openblas_get_num_threads()) }
+    public static var threads: Int {
+        _ = backend  // makes sure the initial backend has configured OpenBLAS
+        return threadCount
+    }
+
+    private static func applyThreads() {
+        openblas_set_num_threads(Int32(backend == .openblas ? threadCount : 1))
+    }
 }
 
 /// One row-major product C = alpha · op(A) · op(B) + beta · C, with tight-or-given leading dimensions.
