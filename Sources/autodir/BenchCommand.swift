@@ -56,24 +56,21 @@ struct BenchCommand: ParsableCommand {
             let ids = (0..<8).map { _ in (0..<77).map { _ in Int32(rng.nextFloat() * 49407) } }
             body = { _ = try text(inputIds: ids).lastHiddenState }
             gflop = text.flops(batch: 8, tokens: 77) / 1e9
-        case "vae_encode", "vae_decode":  // SD KL-f8 AutoencoderKL: image [1,3,res,res] → mode, or latent [1,4,res/8,res/8] → image
+        case "vae_encode", "vae_decode", "vae_encode_tiled", "vae_decode_tiled":
+            // SD KL-f8 AutoencoderKL: image [1,3,res,res] → mode, or latent [1,4,res/8,res/8] → image; the _tiled
+            // forms take the pipeline's large-image path (512-pixel tiles, 128 overlap; GFLOP stays the untiled count)
             guard res % 8 == 0 else { throw ValidationError("\(component): --res must be a multiple of 8") }
             let vae = try AutoencoderKL(config: AutoencoderKLConfig(), weights: WeightLoader.random(seed: 0))
-            let encode = component == "vae_encode"
+            let encode = component.hasPrefix("vae_encode"), tiled = component.hasSuffix("_tiled")
             let x = Tensor(uninitialized: encode ? [1, 3, res, res] : [1, 4, res / 8, res / 8])
             var rng = SplitMix64(seed: 1)
             for i in 0..<x.count { x.data[i] = rng.nextFloat() * 2 - 1 }
-            body = encode ? { _ = try vae.encode(x) } : { _ = try vae.decode(x) }
-            gflop = (encode ? vae.encodeFlops(height: res, width: res) : vae.decodeFlops(height: res / 8, width: res / 8)) / 1e9
-        case "vae_encode_tiled", "vae_decode_tiled":  // the pipeline's large-image path: 512-pixel tiles, 128 overlap
-            guard res % 8 == 0 else { throw ValidationError("\(component): --res must be a multiple of 8") }
-            let vae = try AutoencoderKL(config: AutoencoderKLConfig(), weights: WeightLoader.random(seed: 0))
-            let encode = component == "vae_encode_tiled"
-            let x = Tensor(uninitialized: encode ? [1, 3, res, res] : [1, 4, res / 8, res / 8])
-            var rng = SplitMix64(seed: 1)
-            for i in 0..<x.count { x.data[i] = rng.nextFloat() * 2 - 1 }
-            body = encode ? { _ = try vae.encodeTiled(x) } : { _ = try vae.decodeTiled(x) }
-            // nominal: the untiled network's work (the overlaps add more)
+            switch (encode, tiled) {
+            case (true, false): body = { _ = try vae.encode(x) }
+            case (true, true): body = { _ = try vae.encodeTiled(x) }
+            case (false, false): body = { _ = try vae.decode(x) }
+            case (false, true): body = { _ = try vae.decodeTiled(x) }
+            }
             gflop = (encode ? vae.encodeFlops(height: res, width: res) : vae.decodeFlops(height: res / 8, width: res / 8)) / 1e9
         case "unet":  // AutoDIR's UNet (SD 1.x, 8 input channels): one denoiser call on a res/8 latent, t = 500
             let config = UNet2DConditionModelConfig()
