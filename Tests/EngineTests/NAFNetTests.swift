@@ -41,6 +41,26 @@ final class NAFNetTests: XCTestCase {
         assertClose(tiled, whole, atol: 1e-5, rtol: 1e-5, "tiled vs whole-tensor feed-forward")
     }
 
+    /// The fused depthwise 3×3 + SimpleGate + mean pass against the naive depthwise convolution, on sizes
+    /// with one-pixel rows and columns.
+    func testDepthwiseGateMatchesNaiveConvolutionAndGate() {
+        var rng = TestRNG(seed: 6)
+        for (c, h, w) in [(3, 5, 7), (2, 1, 9), (2, 6, 1), (1, 1, 1), (4, 17, 33)] {
+            let t = rng.tensor([1, 2 * c, h, w]), wgt = rng.tensor([2 * c, 1, 3, 3]), b = rng.tensor([2 * c])
+            let dw = NaiveOps.conv2d(t, weight: wgt, bias: b, Conv2DParams(kernel: 3, padding: 1, groups: 2 * c))
+            let expected = Tensor(uninitialized: [1, c, h, w])
+            for i in 0..<(c * h * w) { expected.data[i] = dw.data[i] * dw.data[c * h * w + i] }
+            let g = Tensor(uninitialized: [1, c, h, w]), pooled = Tensor(uninitialized: [c])
+            NAFBlock.depthwiseGate(t.data, channels: c, height: h, width: w, weight: wgt.data, bias: b.data,
+                                   output: g.data, pooled: pooled.data)
+            assertClose(g, expected, atol: 1e-5, rtol: 1e-5, "depthwise gate \(c)×\(h)×\(w)")
+            for ch in 0..<c {
+                let mean = (0..<(h * w)).reduce(0.0) { $0 + Double(expected.data[ch * h * w + $1]) } / Double(h * w)
+                XCTAssertEqual(Double(pooled.data[ch]), mean, accuracy: 1e-5, "pooled mean, channel \(ch)")
+            }
+        }
+    }
+
     func testConfigDefaultsAreTheFullAutoDIRSCM() throws {
         let c = try JSONDecoder().decode(NAFNetConfig.self, from: Data("{}".utf8))
         XCTAssertEqual(c, NAFNetConfig())

@@ -309,3 +309,22 @@ extension Ops {
         return y
     }
 }
+
+// MARK: - Reductions
+
+extension Ops {
+    /// Σ p[0 ..< count], 16 lanes at a time (float32 partial sums in lane order, then the lanes).
+    @inline(__always)
+    static func sum(_ p: UnsafePointer<Float>, count: Int) -> Float {
+        let raw = UnsafeRawPointer(p)
+        var acc = SIMD16<Float>(repeating: 0)
+        var i = 0
+        while i + 16 <= count {
+            acc += raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            i += 16
+        }
+        var s = acc.sum()
+        while i < count { s += p[i]; i += 1 }
+        return s
+    }
+}

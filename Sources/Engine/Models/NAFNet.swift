@@ -175,28 +175,46 @@ struct NAFBlock: Sendable {
     }
 
     /// g[i] = (dw(t[i]) + b[i]) · (dw(t[i+c]) + b[i+c]) row by row, and each channel's mean of g.
+    /// One pass per output row: both 3×3 filters (zero padding 1) and their product, no intermediate rows.
     static func depthwiseGate(_ t: UnsafePointer<Float>, channels c: Int, height h: Int, width w: Int,
                               weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
                               output g: UnsafeMutablePointer<Float>, pooled: UnsafeMutablePointer<Float>) {
         let hw = h * w
         Parallel.forEachChunk(c) { range in
-            let rowA = UnsafeMutablePointer<Float>.allocateAligned(capacity: 2 * w)
-            defer { rowA.deallocate() }
-            let rowB = rowA + w
+            let zeros = UnsafeMutablePointer<Float>.allocateAligned(capacity: w)   // the padding row
+            zeros.initialize(repeating: 0, count: w)
+            defer { zeros.deallocate() }
             for i in range {
+                let pa = t + i * hw, pb = t + (i + c) * hw
+                let ka = weight + i * 9, kb = weight + (i + c) * 9
+                let (ba, bb) = (bias[i], bias[i + c])
                 var sum: Double = 0
                 for y in 0..<h {
-                    rowA.update(repeating: bias[i], count: w)
-                    rowB.update(repeating: bias[i + c], count: w)
-                    Ops.depthwise3x3Row(t + i * hw, height: h, width: w, row: y, weight: weight + i * 9, output: rowA)
-                    Ops.depthwise3x3Row(t + (i + c) * hw, height: h, width: w, row: y, weight: weight + (i + c) * 9, output: rowB)
                     let o = g + i * hw + y * w
-                    var rowSum: Float = 0
-                    for x in 0..<w {
-                        let v = rowA[x] * rowB[x]
-                        o[x] = v
-                        rowSum += v
+                    // rows y−1, y, y+1 of both inputs; a row outside the image is the zero row
+                    let ta0 = y > 0 ? pa + (y - 1) * w : UnsafePointer(zeros), ta1 = pa + y * w
+                    let ta2 = y < h - 1 ? pa + (y + 1) * w : UnsafePointer(zeros)
+                    let tb0 = y > 0 ? pb + (y - 1) * w : UnsafePointer(zeros), tb1 = pb + y * w
+                    let tb2 = y < h - 1 ? pb + (y + 1) * w : UnsafePointer(zeros)
+                    let (a0, a1, a2, a3, a4, a5, a6, a7, a8) = (ka[0], ka[1], ka[2], ka[3], ka[4], ka[5], ka[6], ka[7], ka[8])
+                    let (b0, b1, b2, b3, b4, b5, b6, b7, b8) = (kb[0], kb[1], kb[2], kb[3], kb[4], kb[5], kb[6], kb[7], kb[8])
+                    @inline(__always) func at(_ x: Int, _ left: Bool, _ right: Bool) -> Float {
+                        var va = ba + a1 * ta0[x] + a4 * ta1[x] + a7 * ta2[x]
+                        var vb = bb + b1 * tb0[x] + b4 * tb1[x] + b7 * tb2[x]
+                        if left { va += a0 * ta0[x - 1] + a3 * ta1[x - 1] + a6 * ta2[x - 1]
+                                  vb += b0 * tb0[x - 1] + b3 * tb1[x - 1] + b6 * tb2[x - 1] }
+                        if right { va += a2 * ta0[x + 1] + a5 * ta1[x + 1] + a8 * ta2[x + 1]
+                                   vb += b2 * tb0[x + 1] + b5 * tb1[x + 1] + b8 * tb2[x + 1] }
+                        return va * vb
                     }
+                    if w == 1 {
+                        o[0] = at(0, false, false)
+                    } else {
+                        o[0] = at(0, false, true)
+                        for x in 1..<(w - 1) { o[x] = at(x, true, true) }   // no reduction here: it vectorises
+                        o[w - 1] = at(w - 1, true, false)
+                    }
+                    let rowSum = Ops.sum(o, count: w)
                     sum += Double(rowSum)
                 }
                 pooled[i] = Float(sum / Double(hw))
