@@ -37,7 +37,7 @@ final class GEMMTests: XCTestCase {
         var rng = TestRNG(seed: 7)
         let shapes = [Shape(m: 4, n: 16, k: 1), Shape(m: 13, n: 33, k: 7), Shape(m: 12, n: 32, k: 256),
                       Shape(m: 25, n: 65, k: 257), Shape(m: 145, n: 100, k: 300), Shape(m: 5, n: 2081, k: 40),
-                      Shape(m: 150, n: 40, k: 520), Shape(m: 77, n: 77, k: 64)]
+                      Shape(m: 150, n: 40, k: 520), Shape(m: 77, n: 77, k: 64), Shape(m: 3, n: 3000, k: 100)]
         for s in shapes {
             for (transA, transB) in [(false, false), (true, false), (false, true), (true, true)] {
                 for (alpha, beta) in [(Float(1), Float(0)), (0.5, 1), (-1.5, 0.25)] {

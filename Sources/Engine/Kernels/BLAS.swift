@@ -59,8 +59,9 @@ public enum BLAS {
         let ldc = ldc ?? n
         let p = GEMMProblem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                             b: b, ldb: ldb, beta: beta, c: c, ldc: ldc, rowBias: rowBias, colBias: colBias)
-        // Skinny products (a row or a handful of columns) stay with OpenBLAS's gemv-like paths.
-        if backend == .avx512 && m >= 4 && n >= 16 {
+        // Skinny products (a row or a handful of columns) stay with OpenBLAS's gemv-like paths, unless they
+        // are long enough (a convolution to 3 channels over a whole image) for the padded tiles to win.
+        if backend == .avx512 && n >= 16 && (m >= 4 || n * k >= 1 << 18) {
             p.runPacked(threads: threads)
         } else {
             p.runOpenBLAS(rows: 0..<m, cols: 0..<n)
