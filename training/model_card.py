@@ -68,7 +68,7 @@ def write_card(model_dir: str, ev: dict, cache: str | None = None) -> str:
 `/work/shared/design/AUTODIR.md`): the same four components, conditioning and multi-pass algorithm as
 the ECCV 2024 model, at tiny sizes, trained from scratch in this repository by
 `training/train_autodir_tiny.py` on a shared 2-core CPU, one thread per process. It is the engine's
-default model because the official weights cannot be downloaded here. **It is a first, short training
+default model because the official weights cannot be downloaded here. **It is a short training
 run and it does not yet reach issue 5's targets** (see the table and "Limitations").
 
 ## Folder (ARCHITECTURE.md §3; F16 tensors; {size_mib:.2f} MiB in all)
@@ -144,7 +144,7 @@ Speed (512×512, PyTorch reference): {timing_txt}.
 
 ## Limitations (honest)
 
-- A first run of about {total_min:.0f} minutes of single-thread CPU training per model; every component
+- About {total_min:.0f} minutes of single-thread CPU training in all (stage times summed); every component
   is under-trained. The VAE bounds what AIR can produce (its reconstruction PSNR is in the training
   info), and "low resolution" uses the AIR output directly (no SCM, as in AutoDIR).
 - The text tower is trained on 8 fixed prompts only: free-text prompts give arbitrary contexts.
