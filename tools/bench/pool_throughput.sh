@@ -17,13 +17,9 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-if [ -z "$bin" ]; then
-  command -v swift >/dev/null 2>&1 || export PATH=/opt/swift/usr/bin:$PATH
-  swift build -c release --product autodir-cli >/dev/null
-  bin="$(swift build -c release --show-bin-path)/autodir-cli"
-fi
-port=$((21000 + RANDOM % 20000))
-clients="tcp://127.0.0.1:$port"; workers="tcp://127.0.0.1:$((port + 1))"
+. "$(dirname "$0")/pool_common.sh"
+ensure_bin
+pick_endpoints
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT

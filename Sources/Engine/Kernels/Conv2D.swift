@@ -181,21 +181,4 @@ extension Ops {
             o[w - 1] += k0 * r[w - 2] + k1 * r[w - 1]
         }
     }
-
-    @inline(__always)
-    static func fillBias(_ out: UnsafeMutablePointer<Float>, _ bias: UnsafePointer<Float>?, channels: Int, plane: Int) {
-        guard let bias else {
-            out.update(repeating: 0, count: channels * plane)
-            return
-        }
-        for c in 0..<channels { (out + c * plane).update(repeating: bias[c], count: plane) }
-    }
-
-    @inline(__always)
-    static func addBias(_ out: UnsafeMutablePointer<Float>, _ bias: UnsafePointer<Float>, channels: Int, plane: Int) {
-        for c in 0..<channels {
-            let b = bias[c], o = out + c * plane
-            for i in 0..<plane { o[i] += b }
-        }
-    }
 }

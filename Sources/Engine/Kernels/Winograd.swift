@@ -66,13 +66,17 @@ extension Ops {
                     let c0 = fold(g[0], g[3], g[6]), c1 = fold(g[1], g[4], g[7]), c2 = fold(g[2], g[5], g[8])
                     // (Gg) Gᵀ: each row (a, b, d) of Gg → (a, (a+b+d)/2, (a−b+d)/2, d)
                     let o = u + co * cin + ci
-                    for (r, row) in [(c0.0, c1.0, c2.0), (c0.1, c1.1, c2.1), (c0.2, c1.2, c2.2), (c0.3, c1.3, c2.3)].enumerated() {
-                        let f = fold(row.0, row.1, row.2)
+                    @inline(__always) func store(row r: Int, _ a: Float, _ b: Float, _ d: Float) {
+                        let f = fold(a, b, d)
                         o[(4 * r) * stride] = f.0
                         o[(4 * r + 1) * stride] = f.1
                         o[(4 * r + 2) * stride] = f.2
                         o[(4 * r + 3) * stride] = f.3
                     }
+                    store(row: 0, c0.0, c1.0, c2.0)
+                    store(row: 1, c0.1, c1.1, c2.1)
+                    store(row: 2, c0.2, c1.2, c2.2)
+                    store(row: 3, c0.3, c1.3, c2.3)
                 }
             }
         }
