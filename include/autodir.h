@@ -158,11 +158,20 @@ autodir_status autodir_image_save_png(const autodir_image *image, const char *pa
 /* An AutoDIR pipeline loaded from a model folder (BIQA + latent-diffusion restorer + SCM). Opaque. */
 typedef struct autodir_engine autodir_engine;
 
+/* How the engine keeps convolution and linear weights in memory. */
+typedef enum autodir_weight_type {
+    AUTODIR_WEIGHTS_F32 = 0,  /* float32: the fastest (default)                                         */
+    AUTODIR_WEIGHTS_F16 = 1,  /* IEEE half: half the memory, widened per layer (F16 files stay mapped)   */
+    AUTODIR_WEIGHTS_BF16 = 2, /* bfloat16: half the memory, widened per layer (BF16 files stay mapped)   */
+} autodir_weight_type;
+
 typedef struct autodir_engine_params {
     /* Threads for the engine's kernels (OpenBLAS and the element-wise kernels); 0 = leave the current
      * setting (all cores unless changed). The setting is process-wide: the most recent engine created
      * with n_threads > 0 sets it. */
     int n_threads;
+    /* autodir_weight_type: how weights stay in memory (default AUTODIR_WEIGHTS_F32). */
+    int weight_type;
 } autodir_engine_params;
 
 /* Default engine parameters. */

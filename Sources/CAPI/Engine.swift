@@ -13,7 +13,7 @@ private func pipeline(_ engine: OpaquePointer?) throws -> AutoDIRPipeline {
 
 @_cdecl("autodir_engine_params_init")
 public func capi_engine_params_init() -> autodir_engine_params {
-    autodir_engine_params(n_threads: 0)
+    autodir_engine_params(n_threads: 0, weight_type: Int32(AUTODIR_WEIGHTS_F32.rawValue))
 }
 
 @_cdecl("autodir_engine_create")
@@ -25,10 +25,16 @@ public func capi_engine_create(_ modelDir: UnsafePointer<CChar>?, _ params: Unsa
         guard let modelDir else { throw CAPIError.invalid("model_dir is NULL") }
         let p = params?.pointee ?? capi_engine_params_init()
         guard p.n_threads >= 0 else { throw CAPIError.invalid("n_threads \(p.n_threads) is negative") }
+        let precisions: [Int32: WeightPrecision] = [Int32(AUTODIR_WEIGHTS_F32.rawValue): .float32,
+                                                    Int32(AUTODIR_WEIGHTS_F16.rawValue): .float16,
+                                                    Int32(AUTODIR_WEIGHTS_BF16.rawValue): .bfloat16]
+        guard let precision = precisions[p.weight_type] else {
+            throw CAPIError.invalid("weight_type \(p.weight_type) is not an autodir_weight_type (0 f32, 1 f16, 2 bf16)")
+        }
         let directory = String(cString: modelDir)
         let loaded: AutoDIRPipeline
         do {
-            loaded = try AutoDIRPipeline(directory: directory)
+            loaded = try AutoDIRPipeline(directory: directory, precision: precision)
         } catch {
             throw CAPIError(status: AUTODIR_ERR_MODEL, message: "cannot load model folder \(directory): \(error)")
         }

@@ -164,8 +164,8 @@ public struct SCMHandler: JobHandler {
     public let op = "scm"
     public let model: NAFNet
 
-    public init(modelDirectory: String) throws {
-        model = try NAFNet(directory: modelDirectory + "/scm")
+    public init(modelDirectory: String, precision: WeightPrecision = .float32) throws {
+        model = try NAFNet(directory: modelDirectory + "/scm", precision: precision)
     }
 
     /// An already loaded model (e.g. random weights for benchmarks).

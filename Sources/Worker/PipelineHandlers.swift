@@ -187,16 +187,16 @@ extension WorkerHandlers {
     /// The handlers a model folder adds: restore, detect and scm from a full AutoDIR folder; only scm from a
     /// folder with just `scm/`. What could not be loaded is said through `log` (never thrown): the worker then
     /// simply does not announce those ops.
-    public static func model(directory: String, log: (String) -> Void) -> [JobHandler] {
+    public static func model(directory: String, precision: WeightPrecision = .float32, log: (String) -> Void) -> [JobHandler] {
         do {
-            let pipeline = try AutoDIRPipeline(directory: directory)
+            let pipeline = try AutoDIRPipeline(directory: directory, precision: precision)
             return [RestoreHandler(pipeline: pipeline), DetectHandler(pipeline: pipeline), SCMHandler(model: pipeline.scm)]
         } catch {
             log("worker: not serving restore/detect: \(error)")
         }
         guard FileManager.default.fileExists(atPath: directory + "/scm") else { return [] }
         do {
-            return [try SCMHandler(modelDirectory: directory)]
+            return [try SCMHandler(modelDirectory: directory, precision: precision)]
         } catch {
             log("worker: not serving scm: \(error)")
             return []

@@ -23,17 +23,17 @@ func findRepositoryPath(_ relative: String) -> String? {
 /// cfg 1/1, i.e. the null-prompt text context (one text-tower run, ≈0.1 % of the work), VAE encode,
 /// `steps` UNet evaluations (the one-branch CFG shortcut), VAE decode and the SCM. A random BIQA could pick
 /// "no" and skip the pass; the prompt path always restores, so the timed work does not depend on the weights.
-func pipelinePassBench(res: Int, steps: Int) throws -> (body: () throws -> Void, gflop: Double) {
+func pipelinePassBench(res: Int, steps: Int, precision: WeightPrecision) throws -> (body: () throws -> Void, gflop: Double) {
     guard let tokenizerDir = findRepositoryPath("Tests/EngineTests/Fixtures/tokenizer")
             ?? findRepositoryPath("models/autodir-tiny/tokenizer") else {
         throw EngineError.io("pipeline_pass needs CLIP tokenizer files (vocab.json, merges.txt): run it from the autodir repository")
     }
-    let w = WeightLoader.random(seed: 0)
+    let w = WeightLoader.random(seed: 0, precision: precision)
     let unet = try UNet2DConditionModel(config: UNet2DConditionModelConfig(), weights: w)
-    let vae = try AutoencoderKL(config: AutoencoderKLConfig(), weights: WeightLoader.random(seed: 1))
-    let clip = try CLIPModel(config: CLIPConfig(), weights: WeightLoader.random(seed: 2))
+    let vae = try AutoencoderKL(config: AutoencoderKLConfig(), weights: WeightLoader.random(seed: 1, precision: precision))
+    let clip = try CLIPModel(config: CLIPConfig(), weights: WeightLoader.random(seed: 2, precision: precision))
     let biqa = try BIQA(clip: clip, tokenizer: try CLIPTokenizer(directory: tokenizerDir))
-    let scm = try NAFNet(config: NAFNetConfig(), weights: WeightLoader.random(seed: 3))
+    let scm = try NAFNet(config: NAFNetConfig(), weights: WeightLoader.random(seed: 3, precision: precision))
     var index = ModelIndex()
     index.autodir.defaults.steps = steps
     let pipeline = try AutoDIRPipeline(index: index, unet: unet, vae: vae, biqa: biqa, scm: scm, schedule: try NoiseSchedule())
@@ -57,12 +57,12 @@ func pipelinePassBench(res: Int, steps: Int) throws -> (body: () throws -> Void,
 /// One BIQA detection on a loaded full-size BIQA (CLIP ViT-L/14, random weights, the 8 AutoDIR prompts
 /// embedded once at load, as the pipeline does): preprocessing of a res×res image, the vision tower, the
 /// similarities and the softmax — what `autodir detect` costs per image once the model is loaded.
-func detectBench(res: Int) throws -> (body: () throws -> Void, gflop: Double) {
+func detectBench(res: Int, precision: WeightPrecision) throws -> (body: () throws -> Void, gflop: Double) {
     guard let tokenizerDir = findRepositoryPath("Tests/EngineTests/Fixtures/tokenizer")
             ?? findRepositoryPath("models/autodir-tiny/tokenizer") else {
         throw EngineError.io("detect needs CLIP tokenizer files (vocab.json, merges.txt): run it from the autodir repository")
     }
-    let clip = try CLIPModel(config: CLIPConfig(), weights: WeightLoader.random(seed: 2))
+    let clip = try CLIPModel(config: CLIPConfig(), weights: WeightLoader.random(seed: 2, precision: precision))
     let biqa = try BIQA(clip: clip, tokenizer: try CLIPTokenizer(directory: tokenizerDir))
     let image = Tensor(uninitialized: [1, 3, res, res])
     var rng = SplitMix64(seed: 1)

@@ -101,27 +101,27 @@ struct WorkerModelOptions: ParsableArguments {
     @Option(help: "Serve scm with a random-weight NAFNet of this width instead of a model folder (benchmarks).")
     var randomScmWidth: Int?
 
-    func handlers() throws -> [JobHandler] {
+    func handlers(precision: WeightPrecision = .float32) throws -> [JobHandler] {
         var handlers: [JobHandler] = [EchoHandler(), SleepHandler()]
         if let width = randomScmWidth {
             guard width > 0, width <= 256 else { throw ValidationError("--random-scm-width must be in 1…256") }
             var config = NAFNetConfig()
             config.width = width
-            handlers.append(SCMHandler(model: try withReadableErrors { try NAFNet(config: config, weights: WeightLoader.random(seed: 0)) }))
+            handlers.append(SCMHandler(model: try withReadableErrors { try NAFNet(config: config, weights: WeightLoader.random(seed: 0, precision: precision)) }))
             return handlers
         }
         let env = ProcessInfo.processInfo.environment["AUTODIR_MODEL"].flatMap { $0.isEmpty ? nil : $0 }
         let dir = model ?? env ?? findRepositoryPath("models/autodir-tiny/model_index.json").map { ($0 as NSString).deletingLastPathComponent }
         var served: [JobHandler] = []
         if let dir {
-            served = WorkerHandlers.model(directory: dir, log: logLine)
+            served = WorkerHandlers.model(directory: dir, precision: precision, log: logLine)
         } else {
             logLine("worker: not serving restore/detect: no AutoDIR model folder (pass --model DIR or set AUTODIR_MODEL; "
                 + "the default models/autodir-tiny was not found)")
         }
         if !served.contains(where: { $0.op == "scm" }), model == nil,
            FileManager.default.fileExists(atPath: "models/scm-demo/scm/config.json") {
-            served += WorkerHandlers.model(directory: "models/scm-demo", log: { _ in })
+            served += WorkerHandlers.model(directory: "models/scm-demo", precision: precision, log: { _ in })
         }
         return handlers + served
     }
@@ -155,7 +155,7 @@ struct WorkerCommand: ParsableCommand {
         o.maxMessageBytes = timing.maxMessageBytes
         o.log = { logLine($0) }
         o.curve = try curveClientKeys(curveKey: curveKey, serverKey: serverKey)
-        let worker = try withReadableErrors { try PoolWorker(options: o, handlers: try modelOptions.handlers()) }
+        let worker = try withReadableErrors { try PoolWorker(options: o, handlers: try modelOptions.handlers(precision: try compute.weightPrecision())) }
         let stop = StopFlag()
         let signals = stopOnSignals(stop)
         try withReadableErrors { try worker.run(stop: stop) }
@@ -200,7 +200,7 @@ struct ServeCommand: ParsableCommand {
             workerCurve = CurveClientKeys(keypair: local, serverKey: curve.keypair.publicKey)
         }
         let broker = try withReadableErrors { try Broker(options: options) }
-        let handlers = try modelOptions.handlers()
+        let handlers = try modelOptions.handlers(precision: try compute.weightPrecision())
         let stop = StopFlag()
         let signals = stopOnSignals(stop)
         let endpoint = (options.workerEndpoints.first ?? "").replacingOccurrences(of: "tcp://*:", with: "tcp://127.0.0.1:")

@@ -61,7 +61,7 @@ struct RestoreCommand: ParsableCommand {
         try runReportingErrors {
             let start = Date()
             let dir = try modelOptions.resolve()
-            let pipeline = try AutoDIRPipeline(directory: dir)
+            let pipeline = try AutoDIRPipeline(directory: dir, precision: try compute.weightPrecision())
             let image = try PNGImage.read(path: input)                                      // [1, 3, H, W] in [0, 1]
             if !quiet {
                 log("loaded \(dir) and \(input) (\(image.shape[3])×\(image.shape[2])) in \(elapsed(start))")
@@ -116,7 +116,7 @@ struct DetectCommand: ParsableCommand {
     func run() throws {
         try compute.apply()
         try runReportingErrors {
-            let pipeline = try AutoDIRPipeline(directory: try modelOptions.resolve())
+            let pipeline = try AutoDIRPipeline(directory: try modelOptions.resolve(), precision: try compute.weightPrecision())
             let d = try pipeline.detect(try PNGImage.read(path: input))
             if json {
                 let object: [String: Any] = ["artifact": d.artifact,

@@ -21,6 +21,21 @@ struct ComputeOptions: ParsableArguments {
     @Option(help: "Matrix-product backend: avx512 (the engine's own kernel, default where the CPU has AVX-512F) or openblas.")
     var gemm: String?
 
+    @Option(help: ArgumentHelp("How convolution and linear weights stay in memory: f32, f16 or bf16 (16-bit: half the memory, widened per layer).",
+                               discussion: "Default: $AUTODIR_WEIGHTS, else f32."))
+    var weights: String?
+
+    /// --weights, else $AUTODIR_WEIGHTS, else f32.
+    func weightPrecision() throws -> WeightPrecision {
+        let env = ProcessInfo.processInfo.environment["AUTODIR_WEIGHTS"].flatMap { $0.isEmpty ? nil : $0 }
+        guard let name = weights ?? env else { return .float32 }
+        guard let precision = WeightPrecision(rawValue: name.lowercased()) else {
+            let source = weights != nil ? "--weights" : "AUTODIR_WEIGHTS"
+            throw ValidationError("\(source) must be one of: \(WeightPrecision.allCases.map(\.rawValue).joined(separator: ", ")) (got \(name))")
+        }
+        return precision
+    }
+
     func apply() throws {
         if let gemm {
             guard let backend = GEMMBackend(rawValue: gemm.lowercased()) else {

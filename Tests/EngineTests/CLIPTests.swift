@@ -134,7 +134,7 @@ final class CLIPTests: XCTestCase {
         var rng = TestRNG(seed: 7)
         let x = rng.tensor([2, 5, 12]), y = rng.tensor([2, 5, 9])
         let layer = try Linear(WeightLoader.random(seed: 3), inFeatures: 12, outFeatures: 9)
-        let expected = NaiveOps.linear(x, weight: layer.weight, bias: layer.bias)
+        let expected = NaiveOps.linear(x, weight: layer.weight.float32(), bias: layer.bias)
         for i in 0..<expected.count { expected.data[i] += y.data[i] }
         CLIPEncoderLayer.addLinear(x, layer, into: y)
         assertClose(y, expected, atol: 1e-5, rtol: 1e-5, "y += linear(x)")

@@ -94,6 +94,10 @@ int main(int argc, char **argv) {
     ep.n_threads = -1;
     expect("engine_create(n_threads -1)", autodir_engine_create(model, &ep, &engine), AUTODIR_ERR_INVALID_ARGUMENT);
     ep = autodir_engine_params_init();
+    ep.weight_type = 7;
+    expect("engine_create(weight_type 7)", autodir_engine_create(model, &ep, &engine), AUTODIR_ERR_INVALID_ARGUMENT);
+    expect_true("engine_create(weight_type 7) sets *out = NULL", engine == NULL);
+    ep = autodir_engine_params_init();
     expect("engine_create(model)", autodir_engine_create(model, &ep, &engine), AUTODIR_OK);
     if (engine == NULL) {
         fprintf(stderr, "errors: cannot continue without an engine: %s\n", autodir_last_error());

@@ -4,6 +4,8 @@
 #ifndef AUTODIR_GEMM_H
 #define AUTODIR_GEMM_H
 
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -21,6 +23,19 @@ int adg_sgemm_block(int transA, int transB, long m, long n, long k,
                      float alpha, const float *A, long lda, const float *B, long ldb,
                      float beta, float *C, long ldc, const float *rowBias, const float *colBias,
                      long m0, long m1, long n0, long n1);
+
+/// IEEE binary16 → float32 for n values, exact (F16C / AVX-512 conversion where the CPU has it).
+void adg_widen_f16(const uint16_t *src, float *dst, long n);
+
+/// bfloat16 → float32 for n values (exact: a 16-bit shift).
+void adg_widen_bf16(const uint16_t *src, float *dst, long n);
+
+/// float32 → IEEE binary16 for n values, rounding to nearest even; returns how many finite values
+/// overflowed to ±infinity (|x| ≥ 65520).
+long adg_narrow_f16(const float *src, uint16_t *dst, long n);
+
+/// float32 → bfloat16 for n values, rounding to nearest even (NaN stays NaN).
+void adg_narrow_bf16(const float *src, uint16_t *dst, long n);
 
 #ifdef __cplusplus
 }

@@ -152,6 +152,14 @@ public final class SafeTensors: @unchecked Sendable {
         }
     }
 
+    /// The 16-bit values of `key` in place (no copy), when it is stored as F16 or BF16 at an even offset.
+    func halfView(_ key: String) -> (pointer: UnsafePointer<UInt16>, dtype: DType)? {
+        guard let e = entries[key], let dtype = e.dtype, dtype == .f16 || dtype == .bf16, e.count > 0 else { return nil }
+        let src = UnsafeRawPointer(base + dataStart + e.begin)
+        guard Int(bitPattern: src) % 2 == 0 else { return nil }
+        return (src.assumingMemoryBound(to: UInt16.self), dtype)
+    }
+
     // MARK: - Conversions
 
     /// IEEE binary16 bits → float32, exact (subnormals, infinities and NaN payloads included).
@@ -431,12 +439,14 @@ public final class WeightLoader: @unchecked Sendable {
         let files: [SafeTensors]
         let index: [String: Int]  // key → position in `files`
         let randomSeed: UInt64?   // set for `WeightLoader.random(seed:)`
+        let precision: WeightPrecision
         let lock = NSLock()
         var used: Set<String> = []
-        init(files: [SafeTensors], index: [String: Int], randomSeed: UInt64? = nil) {
+        init(files: [SafeTensors], index: [String: Int], randomSeed: UInt64? = nil, precision: WeightPrecision) {
             self.files = files
             self.index = index
             self.randomSeed = randomSeed
+            self.precision = precision
         }
     }
 
@@ -444,8 +454,12 @@ public final class WeightLoader: @unchecked Sendable {
     /// Prefix prepended (with a ".") to every name; empty at the root.
     public let prefix: String
 
+    /// How `weight(_:shape:)` keeps convolution and linear weights in memory.
+    public var precision: WeightPrecision { shared.precision }
+
     /// A loader over `files`, which together hold one model; a key present in two files is an error.
-    public init(_ files: [SafeTensors]) throws {
+    /// `precision` is how the model's convolution and linear weights stay in memory.
+    public init(_ files: [SafeTensors], precision: WeightPrecision = .float32) throws {
         var index: [String: Int] = [:]
         for (i, f) in files.enumerated() {
             for k in f.keys {
@@ -455,7 +469,7 @@ public final class WeightLoader: @unchecked Sendable {
                 index[k] = i
             }
         }
-        self.shared = Shared(files: files, index: index)
+        self.shared = Shared(files: files, index: index, precision: precision)
         self.prefix = ""
     }
 
@@ -464,16 +478,16 @@ public final class WeightLoader: @unchecked Sendable {
     /// Values are uniform in ±1/√fan_in (fan_in = elements per row of dimension 0; rank ≤ 1: ±0.1),
     /// a function of `seed` and the full key only, so a model gets the same weights on every run and
     /// thread count. `contains` is false and `shape` nil for every name; `finish()` always succeeds.
-    public static func random(seed: UInt64 = 0) -> WeightLoader {
-        WeightLoader(shared: Shared(files: [], index: [:], randomSeed: seed), prefix: "")
+    public static func random(seed: UInt64 = 0, precision: WeightPrecision = .float32) -> WeightLoader {
+        WeightLoader(shared: Shared(files: [], index: [:], randomSeed: seed, precision: precision), prefix: "")
     }
 
-    public convenience init(path: String) throws {
-        try self.init([SafeTensors(path: path)])
+    public convenience init(path: String, precision: WeightPrecision = .float32) throws {
+        try self.init([SafeTensors(path: path)], precision: precision)
     }
 
-    public convenience init(paths: [String]) throws {
-        try self.init(paths.map { try SafeTensors(path: $0) })
+    public convenience init(paths: [String], precision: WeightPrecision = .float32) throws {
+        try self.init(paths.map { try SafeTensors(path: $0) }, precision: precision)
     }
 
     private init(shared: Shared, prefix: String) {
@@ -518,6 +532,28 @@ public final class WeightLoader: @unchecked Sendable {
         let t = try file.tensor(k)
         markUsed(k)
         return t
+    }
+
+    /// Takes weight `name` (a convolution or linear weight), which must exist with exactly `shape`, kept
+    /// as `precision`: a stored F16/BF16 tensor of that precision stays a view into the mapped file.
+    public func weight(_ name: String, shape: [Int]) throws -> Weight {
+        let k = key(name)
+        if shared.precision != .float32, shared.randomSeed == nil, let i = shared.index[k],
+           let view = shared.files[i].halfView(k),
+           view.dtype == (shared.precision == .float16 ? .f16 : .bf16) {
+            let file = shared.files[i]
+            if let stored = file.entry(k)?.shape, stored != shape {
+                throw EngineError.weights("tensor '\(k)' in \(file.path) has shape \(stored), expected \(shape)")
+            }
+            markUsed(k)
+            return Weight(halfs: view.pointer, shape: shape, precision: shared.precision, owner: file)
+        }
+        return try resident(tensor(name, shape: shape), name: name)
+    }
+
+    /// `tensor` (e.g. weights fused at load time from several keys) kept as this loader's `precision`.
+    public func resident(_ tensor: Tensor, name: String) throws -> Weight {
+        try Weight.narrowing(tensor, to: shared.precision, name: key(name))
     }
 
     /// Marks `name` as taken without reading it (buffers a model does not use, such as the I64

@@ -2,7 +2,7 @@
 
 /// `nn.Conv2d` over NCHW tensors. Keys: `weight` [Cout, Cin/groups, kh, kw] and, if present, `bias` [Cout].
 public struct Conv2d: Sendable {
-    public let weight: Tensor
+    public let weight: Weight
     public let bias: Tensor?
     public let params: Conv2DParams
     public let inChannels: Int, outChannels: Int
@@ -12,12 +12,12 @@ public struct Conv2d: Sendable {
         self.params = Conv2DParams(kernel: kernel, stride: stride, padding: padding, groups: groups)
         self.inChannels = inChannels
         self.outChannels = outChannels
-        self.weight = try w.tensor("weight", shape: [outChannels, inChannels / groups, kernel, kernel])
+        self.weight = try w.weight("weight", shape: [outChannels, inChannels / groups, kernel, kernel])
         self.bias = bias ? try w.tensor("bias", shape: [outChannels]) : nil
     }
 
     /// [N, Cin, H, W] → [N, Cout, Ho, Wo]
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        Ops.conv2d(x, weight: weight, bias: bias, params)
+        weight.withFloat32 { Ops.conv2d(x, weight: $0, bias: bias, params) }
     }
 }

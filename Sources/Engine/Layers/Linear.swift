@@ -2,16 +2,16 @@
 
 /// `nn.Linear`: keys `weight` [out, in] and, if present, `bias` [out].
 public struct Linear: Sendable {
-    public let weight: Tensor
+    public let weight: Weight
     public let bias: Tensor?
 
     public init(_ w: WeightLoader, inFeatures: Int, outFeatures: Int, bias: Bool = true) throws {
-        weight = try w.tensor("weight", shape: [outFeatures, inFeatures])
+        weight = try w.weight("weight", shape: [outFeatures, inFeatures])
         self.bias = bias ? try w.tensor("bias", shape: [outFeatures]) : nil
     }
 
     /// [..., in] → [..., out]
-    public func callAsFunction(_ x: Tensor) -> Tensor { Ops.linear(x, weight: weight, bias: bias) }
+    public func callAsFunction(_ x: Tensor) -> Tensor { weight.withFloat32 { Ops.linear(x, weight: $0, bias: bias) } }
 }
 
 /// `nn.LayerNorm` over the last dimension: keys `weight`, `bias` [dim].

@@ -55,21 +55,25 @@ public struct ResnetBlock2D: Sendable {
         let a = Ops.groupNormSiLU(x, groups: norm1.groups, weight: norm1.weight, bias: norm1.bias, eps: norm1.eps)
         // hidden = conv1(a) + bias1; then silu(norm2(hidden)) in place                  [N, Cout, H, W]
         let hidden = Tensor(uninitialized: [n, cout, h, w])
-        withExtendedLifetime((a, bias1)) {
-            for b in 0..<n {
-                Ops.conv2d(input: a.data + b * cin * plane, channels: cin, height: h, width: w, weight: conv1.weight.data,
-                           bias: bias1.data + b * cout, outChannels: cout, conv1.params, output: hidden.data + b * cout * plane)
+        conv1.weight.withFloat32 { weight1 in
+            withExtendedLifetime((a, bias1)) {
+                for b in 0..<n {
+                    Ops.conv2d(input: a.data + b * cin * plane, channels: cin, height: h, width: w, weight: weight1.data,
+                               bias: bias1.data + b * cout, outChannels: cout, conv1.params, output: hidden.data + b * cout * plane)
+                }
             }
         }
         Ops.groupNormSiLU(input: hidden.data, output: hidden.data, batch: n, channels: cout, plane: plane, groups: norm2.groups,
                           weight: norm2.weight.data, bias: norm2.bias.data, eps: norm2.eps)
         // out = shortcut(x) + conv2(hidden), the residual add fused into the convolution  [N, Cout, H, W]
         let out = convShortcut.map { $0(x) } ?? x.copy()
-        withExtendedLifetime(hidden) {
-            for b in 0..<n {
-                Ops.conv2d(input: hidden.data + b * cout * plane, channels: cout, height: h, width: w, weight: conv2.weight.data,
-                           bias: conv2.bias?.data, outChannels: cout, conv2.params, output: out.data + b * cout * plane,
-                           accumulate: true)
+        conv2.weight.withFloat32 { weight2 in
+            withExtendedLifetime(hidden) {
+                for b in 0..<n {
+                    Ops.conv2d(input: hidden.data + b * cout * plane, channels: cout, height: h, width: w, weight: weight2.data,
+                               bias: conv2.bias?.data, outChannels: cout, conv2.params, output: out.data + b * cout * plane,
+                               accumulate: true)
+                }
             }
         }
         return out

@@ -10,10 +10,10 @@ import Foundation
 /// to_out.0 with bias, scale 1/√head_dim. Self-attention when `contextDim` is nil.
 struct TransformerAttention: Sendable {
     let heads: Int, headDim: Int
-    let qkv: Tensor?         // [3·inner, dim]: to_q, to_k, to_v stacked (self-attention)
-    let q: Tensor?           // [inner, dim] (cross-attention)
-    let kv: Tensor?          // [2·inner, contextDim]: to_k, to_v stacked (cross-attention)
-    let outWeight: Tensor, outBias: Tensor  // to_out.0: [dim, inner], [dim]
+    let qkv: Weight?         // [3·inner, dim]: to_q, to_k, to_v stacked (self-attention)
+    let q: Weight?           // [inner, dim] (cross-attention)
+    let kv: Weight?          // [2·inner, contextDim]: to_k, to_v stacked (cross-attention)
+    let outWeight: Weight, outBias: Tensor  // to_out.0: [dim, inner], [dim]
 
     init(_ w: WeightLoader, queryDim: Int, contextDim: Int?, heads: Int, headDim: Int) throws {
         self.heads = heads
@@ -23,11 +23,13 @@ struct TransformerAttention: Sendable {
         let wk = try w.tensor("to_k.weight", shape: [inner, contextDim ?? queryDim])
         let wv = try w.tensor("to_v.weight", shape: [inner, contextDim ?? queryDim])
         if contextDim == nil {
-            qkv = TransformerAttention.stack([wq, wk, wv]); q = nil; kv = nil
+            qkv = try w.resident(TransformerAttention.stack([wq, wk, wv]), name: "to_qkv.weight"); q = nil; kv = nil
         } else {
-            qkv = nil; q = wq.copy(); kv = TransformerAttention.stack([wk, wv])
+            qkv = nil
+            q = try w.resident(wq.copy(), name: "to_q.weight")
+            kv = try w.resident(TransformerAttention.stack([wk, wv]), name: "to_kv.weight")
         }
-        outWeight = try w.tensor("to_out.0.weight", shape: [queryDim, inner])
+        outWeight = try w.weight("to_out.0.weight", shape: [queryDim, inner])
         outBias = try w.tensor("to_out.0.bias", shape: [queryDim])
     }
 
@@ -46,7 +48,7 @@ struct TransformerAttention: Sendable {
         let out = Tensor(uninitialized: [n, l, inner])
         let scale = 1 / Float(headDim).squareRoot()
         if let qkv {
-            let p = Ops.linear(x, weight: qkv, bias: nil)                                    // [N, L, 3·inner]
+            let p = qkv.withFloat32 { Ops.linear(x, weight: $0, bias: nil) }                // [N, L, 3·inner]
             let s = 3 * inner
             Ops.attention(q: AttentionOperand(p.data, rowStride: s, batchStride: l * s),
                           k: AttentionOperand(p.data + inner, rowStride: s, batchStride: l * s),
@@ -56,8 +58,8 @@ struct TransformerAttention: Sendable {
             withExtendedLifetime(p) {}
         } else if let q, let kv, let context {
             let lc = context.shape[1]
-            let pq = Ops.linear(x, weight: q, bias: nil)                                     // [N, L, inner]
-            let pkv = Ops.linear(context, weight: kv, bias: nil)                             // [N, Lc, 2·inner]
+            let pq = q.withFloat32 { Ops.linear(x, weight: $0, bias: nil) }                  // [N, L, inner]
+            let pkv = kv.withFloat32 { Ops.linear(context, weight: $0, bias: nil) }          // [N, Lc, 2·inner]
             let s = 2 * inner
             Ops.attention(q: AttentionOperand(pq.data, rowStride: inner, batchStride: l * inner),
                           k: AttentionOperand(pkv.data, rowStride: s, batchStride: lc * s),
@@ -66,7 +68,7 @@ struct TransformerAttention: Sendable {
                           batch: n, heads: heads, queries: l, keys: lc, headDim: headDim, scale: scale)
             withExtendedLifetime((pq, pkv)) {}
         }
-        Ops.linear(out, weight: outWeight, bias: outBias, accumulatingInto: residual)     // [N, L, dim]
+        outWeight.withFloat32 { Ops.linear(out, weight: $0, bias: outBias, accumulatingInto: residual) }  // [N, L, dim]
     }
 }
 
@@ -93,7 +95,7 @@ struct BasicTransformerBlock: Sendable {
         attn1.apply(norm1(x), context: nil, residual: x)                                     // x += attn1(norm1(x))
         attn2.apply(norm2(x), context: context, residual: x)                                 // x += attn2(norm2(x), ctx)
         let h = Ops.geglu(ffIn(norm3(x)))                                                    // [N, L, 4·dim]
-        Ops.linear(h, weight: ffOut.weight, bias: ffOut.bias, accumulatingInto: x)           // x += ff(norm3(x))
+        ffOut.weight.withFloat32 { Ops.linear(h, weight: $0, bias: ffOut.bias, accumulatingInto: x) }  // x += ff(norm3(x))
     }
 }
 
@@ -103,9 +105,9 @@ struct BasicTransformerBlock: Sendable {
 public struct Transformer2DModel: Sendable {
     public let heads: Int, headDim: Int
     let norm: GroupNorm
-    let projInWeight: Tensor, projInBias: Tensor     // [inner, C(, 1, 1)], [inner]
+    let projInWeight: Weight, projInBias: Tensor     // [inner, C(, 1, 1)], [inner]
     let blocks: [BasicTransformerBlock]
-    let projOutWeight: Tensor, projOutBias: Tensor   // [C, inner(, 1, 1)], [C]
+    let projOutWeight: Weight, projOutBias: Tensor   // [C, inner(, 1, 1)], [C]
 
     public init(_ w: WeightLoader, heads: Int, headDim: Int, inChannels c: Int, layers: Int = 1,
                 crossAttentionDim: Int, groups: Int, useLinearProjection: Bool) throws {
@@ -114,22 +116,24 @@ public struct Transformer2DModel: Sendable {
         let inner = heads * headDim
         norm = try GroupNorm(w.scoped("norm"), groups: groups, channels: c, eps: 1e-6)
         let tail = useLinearProjection ? [] : [1, 1]
-        projInWeight = try w.tensor("proj_in.weight", shape: [inner, c] + tail)
+        projInWeight = try w.weight("proj_in.weight", shape: [inner, c] + tail)
         projInBias = try w.tensor("proj_in.bias", shape: [inner])
         blocks = try (0..<layers).map {
             try BasicTransformerBlock(w.scoped("transformer_blocks.\($0)"), dim: inner, heads: heads, headDim: headDim,
                                       contextDim: crossAttentionDim)
         }
-        projOutWeight = try w.tensor("proj_out.weight", shape: [c, inner] + tail)
+        projOutWeight = try w.weight("proj_out.weight", shape: [c, inner] + tail)
         projOutBias = try w.tensor("proj_out.bias", shape: [c])
     }
 
     /// x [N, C, H, W], context [N, Lc, cross_attention_dim] → [N, C, H, W].
     public func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
         let normed = norm(x)                                                                 // [N, C, H, W]
-        let tokens = Ops.projectToTokens(normed, weight: projInWeight, bias: projInBias)     // [N, H·W, inner]
+        let tokens = projInWeight.withFloat32 { Ops.projectToTokens(normed, weight: $0, bias: projInBias) }  // [N, H·W, inner]
         for block in blocks { block.apply(tokens, context: context) }
-        return Ops.projectFromTokens(tokens, weight: projOutWeight, bias: projOutBias, residual: x)  // [N, C, H, W]
+        return projOutWeight.withFloat32 {
+            Ops.projectFromTokens(tokens, weight: $0, bias: projOutBias, residual: x)       // [N, C, H, W]
+        }
     }
 }
 

@@ -94,20 +94,22 @@ public struct AutoencoderKLConfig: Codable, Sendable, Equatable {
 struct VAEAttention: Sendable {
     let channels: Int
     let norm: GroupNorm
-    let qkvWeight: Tensor  // [3C, C]: to_q, to_k, to_v stacked
+    let qkvWeight: Weight  // [3C, C]: to_q, to_k, to_v stacked
     let qkvBias: Tensor    // [3C]
     let toOut: Linear
 
     init(_ w: WeightLoader, channels c: Int, groups: Int, eps: Float) throws {
         channels = c
         norm = try GroupNorm(w.scoped("group_norm"), groups: groups, channels: c, eps: eps)
-        qkvWeight = Tensor(uninitialized: [3 * c, c])
+        let stacked = Tensor(uninitialized: [3 * c, c])
         qkvBias = Tensor(uninitialized: [3 * c])
         for (i, name) in ["to_q", "to_k", "to_v"].enumerated() {
             let lin = try Linear(w.scoped(name), inFeatures: c, outFeatures: c)
-            (qkvWeight.data + i * c * c).update(from: lin.weight.data, count: c * c)
+            let rows = lin.weight.float32()
+            withExtendedLifetime(rows) { (stacked.data + i * c * c).update(from: rows.data, count: c * c) }
             if let b = lin.bias { (qkvBias.data + i * c).update(from: b.data, count: c) }
         }
+        qkvWeight = try w.resident(stacked, name: "to_qkv.weight")
         toOut = try Linear(w.scoped("to_out.0"), inFeatures: c, outFeatures: c)
     }
 
@@ -119,24 +121,26 @@ struct VAEAttention: Sendable {
         let qkv = UnsafeMutablePointer<Float>.allocateAligned(capacity: hw * 3 * c)
         let attn = UnsafeMutablePointer<Float>.allocateAligned(capacity: hw * c)
         defer { normed.deallocate(); qkv.deallocate(); attn.deallocate() }
-        for b in 0..<n {
-            let xb = x.data + b * c * hw, ob = out.data + b * c * hw
-            // x̂ = GroupNorm(x)                                                        [C, HW]
-            Ops.groupNormSiLU(input: xb, output: normed, batch: 1, channels: c, plane: hw, groups: norm.groups,
-                              weight: norm.weight.data, bias: norm.bias.data, eps: norm.eps, silu: false)
-            // [q | k | v] = x̂ᵀ · W_qkvᵀ + b                                           [HW, 3C]
-            BLAS.gemm(transA: true, transB: true, m: hw, n: 3 * c, k: c, a: normed, b: qkvWeight.data, c: qkv,
-                      colBias: qkvBias.data)
-            // o = softmax(q kᵀ / √C) v, blocked over queries                          [HW, C]
-            Ops.attention(q: AttentionOperand(qkv, rowStride: 3 * c, batchStride: 0),
-                          k: AttentionOperand(qkv + c, rowStride: 3 * c, batchStride: 0),
-                          v: AttentionOperand(qkv + 2 * c, rowStride: 3 * c, batchStride: 0),
-                          out: AttentionOperand(attn, rowStride: c, batchStride: 0),
-                          batch: 1, heads: 1, queries: hw, keys: hw, headDim: c, scale: 1 / Float(c).squareRoot())
-            // out = x + W_o · oᵀ + b_o, written straight back in NCHW                   [C, HW]
-            BLAS.gemm(transB: true, m: c, n: hw, k: c, a: toOut.weight.data, b: attn, beta: 1, c: ob,
-                      rowBias: toOut.bias?.data)
-        }
+        qkvWeight.withFloat32 { qkvWeight in toOut.weight.withFloat32 { outWeight in  // [3C, C], [C, C]
+            for b in 0..<n {
+                let xb = x.data + b * c * hw, ob = out.data + b * c * hw
+                // x̂ = GroupNorm(x)                                                        [C, HW]
+                Ops.groupNormSiLU(input: xb, output: normed, batch: 1, channels: c, plane: hw, groups: norm.groups,
+                                  weight: norm.weight.data, bias: norm.bias.data, eps: norm.eps, silu: false)
+                // [q | k | v] = x̂ᵀ · W_qkvᵀ + b                                           [HW, 3C]
+                BLAS.gemm(transA: true, transB: true, m: hw, n: 3 * c, k: c, a: normed, b: qkvWeight.data, c: qkv,
+                          colBias: qkvBias.data)
+                // o = softmax(q kᵀ / √C) v, blocked over queries                          [HW, C]
+                Ops.attention(q: AttentionOperand(qkv, rowStride: 3 * c, batchStride: 0),
+                              k: AttentionOperand(qkv + c, rowStride: 3 * c, batchStride: 0),
+                              v: AttentionOperand(qkv + 2 * c, rowStride: 3 * c, batchStride: 0),
+                              out: AttentionOperand(attn, rowStride: c, batchStride: 0),
+                              batch: 1, heads: 1, queries: hw, keys: hw, headDim: c, scale: 1 / Float(c).squareRoot())
+                // out = x + W_o · oᵀ + b_o, written straight back in NCHW                   [C, HW]
+                BLAS.gemm(transB: true, m: c, n: hw, k: c, a: outWeight.data, b: attn, beta: 1, c: ob,
+                          rowBias: toOut.bias?.data)
+            }
+        } }
         return out
     }
 
@@ -249,9 +253,9 @@ public struct AutoencoderKL: Sendable {
     }
 
     /// Loads `config.json` + `diffusion_pytorch_model.safetensors` from a diffusers `vae/` folder.
-    public init(directory: String) throws {
+    public init(directory: String, precision: WeightPrecision = .float32) throws {
         let config = try AutoencoderKLConfig.load(path: directory + "/config.json")
-        try self.init(config: config, weights: try WeightLoader(path: directory + "/diffusion_pytorch_model.safetensors"))
+        try self.init(config: config, weights: try WeightLoader(path: directory + "/diffusion_pytorch_model.safetensors", precision: precision))
     }
 
     /// Intermediate activations, for tests against diffusers.
@@ -304,19 +308,19 @@ public struct AutoencoderKL: Sendable {
         let k = c * 9
         let y = Tensor(uninitialized: [n, cout, ho, wo])
         let rowsPerBand = max(1, min(ho, (8 << 20) / max(1, k * wo)))
-        ScratchPool.withBuffer(k * rowsPerBand * wo) { col in
+        conv.weight.withFloat32 { weight in ScratchPool.withBuffer(k * rowsPerBand * wo) { col in
             for b in 0..<n {
                 let out = y.data + b * cout * ho * wo
                 var r0 = 0
                 while r0 < ho {
                     let rows = min(rowsPerBand, ho - r0)
                     Ops.im2col(x.data + b * c * h * w, channels: c, height: h, width: w, p, rowStart: r0, rows: rows, outWidth: wo, col: col)
-                    BLAS.gemm(m: cout, n: rows * wo, k: k, a: conv.weight.data, b: col, ldb: rows * wo,
+                    BLAS.gemm(m: cout, n: rows * wo, k: k, a: weight.data, b: col, ldb: rows * wo,
                               c: out + r0 * wo, ldc: ho * wo, rowBias: conv.bias?.data)
                     r0 += rows
                 }
             }
-        }
+        } }
         return y
     }
 
@@ -337,7 +341,7 @@ public struct AutoencoderKL: Sendable {
         for (i, resnets) in upResnets.enumerated() {
             for r in resnets { h = r(h, temb: nil) }                                   // [N, C_rev[i], h·2^i, w·2^i]
             if let up = upsamplers[i] {                                                // [N, C_rev[i], h·2^(i+1), w·2^(i+1)]
-                h = Ops.upsampleNearest2xConv3x3(h, weight: up.weight, bias: up.bias)
+                h = up.weight.withFloat32 { Ops.upsampleNearest2xConv3x3(h, weight: $0, bias: up.bias) }
             }
             trace?("dec_up\(i)", h)
         }

@@ -27,7 +27,7 @@ public enum CLIPActivation: String, Codable, Sendable {
 struct CLIPEncoderLayer: Sendable {
     let hidden: Int, heads: Int
     let layerNorm1: LayerNorm, layerNorm2: LayerNorm
-    let qkvWeight: Tensor  // [3D, D]: rows q, then k, then v
+    let qkvWeight: Weight  // [3D, D]: rows q, then k, then v
     let qkvBias: Tensor    // [3D]
     let outProj: Linear    // [D, D]
     let fc1: Linear        // [I, D]
@@ -42,12 +42,14 @@ struct CLIPEncoderLayer: Sendable {
         let q = try Linear(attn.scoped("q_proj"), inFeatures: d, outFeatures: d)
         let k = try Linear(attn.scoped("k_proj"), inFeatures: d, outFeatures: d)
         let v = try Linear(attn.scoped("v_proj"), inFeatures: d, outFeatures: d)
-        qkvWeight = Tensor(uninitialized: [3 * d, d])
+        let stacked = Tensor(uninitialized: [3 * d, d])
         qkvBias = Tensor(uninitialized: [3 * d])
         for (i, p) in [q, k, v].enumerated() {
-            (qkvWeight.data + i * d * d).update(from: p.weight.data, count: d * d)
+            let rows = p.weight.float32()
+            withExtendedLifetime(rows) { (stacked.data + i * d * d).update(from: rows.data, count: d * d) }
             if let b = p.bias { (qkvBias.data + i * d).update(from: b.data, count: d) }
         }
+        qkvWeight = try attn.resident(stacked, name: "qkv_proj.weight")
         outProj = try Linear(attn.scoped("out_proj"), inFeatures: d, outFeatures: d)
         layerNorm1 = try LayerNorm(w.scoped("layer_norm1"), dim: d, eps: eps)
         layerNorm2 = try LayerNorm(w.scoped("layer_norm2"), dim: d, eps: eps)
@@ -59,7 +61,7 @@ struct CLIPEncoderLayer: Sendable {
     func apply(_ x: Tensor, mask: Tensor?) {
         let (b, l, d) = (x.shape[0], x.shape[1], x.shape[2])
         let h = layerNorm1(x)                                                     // [B, L, D]
-        let qkv = Ops.linear(h, weight: qkvWeight, bias: qkvBias)                 // [B, L, 3D]
+        let qkv = qkvWeight.withFloat32 { Ops.linear(h, weight: $0, bias: qkvBias) }  // [B, L, 3D]
         let attn = Tensor(uninitialized: [b, l, d])                               // [B, L, D]
         withExtendedLifetime((qkv, mask)) {
             let row = 3 * d, batch = l * 3 * d
@@ -78,7 +80,7 @@ struct CLIPEncoderLayer: Sendable {
 
     /// y += x · Wᵀ + b (the residual add fused into the gemm): x [..., in], y [..., out].
     static func addLinear(_ x: Tensor, _ layer: Linear, into y: Tensor) {
-        Ops.linear(x, weight: layer.weight, bias: layer.bias, accumulatingInto: y)
+        layer.weight.withFloat32 { Ops.linear(x, weight: $0, bias: layer.bias, accumulatingInto: y) }
     }
 }
 

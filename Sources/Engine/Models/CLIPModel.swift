@@ -87,9 +87,9 @@ public struct CLIPModel: Sendable {
     }
 
     /// Loads `config.json` + `model.safetensors` from a folder (the model folder's `clip/`).
-    public init(directory: String) throws {
+    public init(directory: String, precision: WeightPrecision = .float32) throws {
         let config = try CLIPConfig.load(path: directory + "/config.json")
-        try self.init(config: config, weights: try WeightLoader(path: directory + "/model.safetensors"))
+        try self.init(config: config, weights: try WeightLoader(path: directory + "/model.safetensors", precision: precision))
     }
 
     /// `get_text_features`: text_projection(pooled output), unnormalised: [B, P].

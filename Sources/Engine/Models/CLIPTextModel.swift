@@ -64,7 +64,7 @@ public struct CLIPTextConfig: Codable, Sendable, Equatable {
 /// `embeddings.position_ids` is ignored when present. The caller checks for unused keys (`finish()`).
 public struct CLIPTextModel: Sendable {
     public let config: CLIPTextConfig
-    let tokenEmbedding: Tensor     // [V, D]
+    let tokenEmbedding: Weight     // [V, D]
     let positionEmbedding: Tensor  // [P, D]
     let encoder: CLIPEncoder
     let finalLayerNorm: LayerNorm
@@ -80,7 +80,7 @@ public struct CLIPTextModel: Sendable {
         try config.validate()
         self.config = config
         let d = config.hiddenSize
-        tokenEmbedding = try w.tensor("embeddings.token_embedding.weight", shape: [config.vocabSize, d])
+        tokenEmbedding = try w.weight("embeddings.token_embedding.weight", shape: [config.vocabSize, d])
         positionEmbedding = try w.tensor("embeddings.position_embedding.weight", shape: [config.maxPositionEmbeddings, d])
         w.ignore("embeddings.position_ids")
         encoder = try CLIPEncoder(w.scoped("encoder"), layers: config.numHiddenLayers, hidden: d,
@@ -115,8 +115,9 @@ public struct CLIPTextModel: Sendable {
         for (s, ids) in inputIds.enumerated() {
             for (t, id) in ids.enumerated() {
                 let dst = x.data + (s * l + t) * d
-                let tok = tokenEmbedding.data + Int(id) * d, pos = positionEmbedding.data + t * d
-                for j in 0..<d { dst[j] = tok[j] + pos[j] }
+                tokenEmbedding.copyRow(Int(id), to: dst)
+                let pos = positionEmbedding.data + t * d
+                for j in 0..<d { dst[j] += pos[j] }
             }
         }
         let mask = Self.mask(length: l, attentionMask: attentionMask)             // [L, L] or [B, L, L]

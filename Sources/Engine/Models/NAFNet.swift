@@ -59,12 +59,12 @@ public struct NAFNetConfig: Codable, Sendable, Equatable {
 /// `out = y + γ·conv5(SimpleGate(conv4(LN(y))))`.
 struct NAFBlock: Sendable {
     let c: Int
-    let w1: Tensor, b1: Tensor        // [2c, c], [2c]: conv1 ∘ norm1 affine
+    let w1: Weight, b1: Tensor        // [2c, c], [2c]: conv1 ∘ norm1 affine
     let dwWeight: Tensor, dwBias: Tensor  // [2c, 3, 3], [2c]: conv2 (depthwise)
     let scaWeight: Tensor, scaBias: Tensor  // [c, c], [c]: sca.1
-    let w3: Tensor, b3: Tensor        // [c, c], [c]: β · conv3
-    let w4: Tensor, b4: Tensor        // [2c, c], [2c]: conv4 ∘ norm2 affine
-    let w5: Tensor, b5: Tensor        // [c, c], [c]: γ · conv5
+    let w3: Weight, b3: Tensor        // [c, c], [c]: β · conv3
+    let w4: Weight, b4: Tensor        // [2c, c], [2c]: conv4 ∘ norm2 affine
+    let w5: Weight, b5: Tensor        // [c, c], [c]: γ · conv5
 
     init(_ w: WeightLoader, channels c: Int) throws {
         self.c = c
@@ -72,18 +72,23 @@ struct NAFBlock: Sendable {
         let norm1 = (try w.tensor("norm1.weight", shape: [c]), try w.tensor("norm1.bias", shape: [c]))
         let norm2 = (try w.tensor("norm2.weight", shape: [c]), try w.tensor("norm2.bias", shape: [c]))
         let beta = try w.tensor("beta", shape: [1, c, 1, 1]), gamma = try w.tensor("gamma", shape: [1, c, 1, 1])
-        (w1, b1) = NAFBlock.foldNorm(weight: try w.tensor("conv1.weight", shape: [d, c, 1, 1]),
-                                     bias: try w.tensor("conv1.bias", shape: [d]), norm: norm1, outChannels: d, inChannels: c)
+        let (w1, b1) = NAFBlock.foldNorm(weight: try w.tensor("conv1.weight", shape: [d, c, 1, 1]),
+                                         bias: try w.tensor("conv1.bias", shape: [d]), norm: norm1, outChannels: d, inChannels: c)
         dwWeight = try w.tensor("conv2.weight", shape: [d, 1, 3, 3]).copy()
         dwBias = try w.tensor("conv2.bias", shape: [d]).copy()
         scaWeight = try w.tensor("sca.1.weight", shape: [c, c, 1, 1]).copy()
         scaBias = try w.tensor("sca.1.bias", shape: [c]).copy()
-        (w3, b3) = NAFBlock.scaleRows(weight: try w.tensor("conv3.weight", shape: [c, c, 1, 1]),
-                                      bias: try w.tensor("conv3.bias", shape: [c]), by: beta, outChannels: c, inChannels: c)
-        (w4, b4) = NAFBlock.foldNorm(weight: try w.tensor("conv4.weight", shape: [d, c, 1, 1]),
-                                     bias: try w.tensor("conv4.bias", shape: [d]), norm: norm2, outChannels: d, inChannels: c)
-        (w5, b5) = NAFBlock.scaleRows(weight: try w.tensor("conv5.weight", shape: [c, c, 1, 1]),
-                                      bias: try w.tensor("conv5.bias", shape: [c]), by: gamma, outChannels: c, inChannels: c)
+        let (w3, b3) = NAFBlock.scaleRows(weight: try w.tensor("conv3.weight", shape: [c, c, 1, 1]),
+                                          bias: try w.tensor("conv3.bias", shape: [c]), by: beta, outChannels: c, inChannels: c)
+        let (w4, b4) = NAFBlock.foldNorm(weight: try w.tensor("conv4.weight", shape: [d, c, 1, 1]),
+                                         bias: try w.tensor("conv4.bias", shape: [d]), norm: norm2, outChannels: d, inChannels: c)
+        let (w5, b5) = NAFBlock.scaleRows(weight: try w.tensor("conv5.weight", shape: [c, c, 1, 1]),
+                                          bias: try w.tensor("conv5.bias", shape: [c]), by: gamma, outChannels: c, inChannels: c)
+        // the folded 1×1 weights are kept in the loader's precision (16-bit ones are widened per call)
+        (self.w1, self.b1) = (try w.resident(w1, name: "conv1.weight"), b1)
+        (self.w3, self.b3) = (try w.resident(w3, name: "conv3.weight"), b3)
+        (self.w4, self.b4) = (try w.resident(w4, name: "conv4.weight"), b4)
+        (self.w5, self.b5) = (try w.resident(w5, name: "conv5.weight"), b5)
     }
 
     /// conv(g ⊙ x̂ + b) = (W·diag(g)) x̂ + (W b + bias).
@@ -118,7 +123,7 @@ struct NAFBlock: Sendable {
         // x̂ = LayerNorm2d(x) (affine folded into conv1)                        [c, h, w]
         Ops.layerNorm2d(input: x, channels: c, plane: hw, eps: 1e-6, weight: nil, bias: nil, output: normed)
         // t = conv1(x̂)                                                         [2c, h, w]
-        BLAS.gemm(m: 2 * c, n: hw, k: c, a: w1.data, b: normed, c: expanded, rowBias: b1.data)
+        w1.withFloat32 { w1 in BLAS.gemm(m: 2 * c, n: hw, k: c, a: w1.data, b: normed, c: expanded, rowBias: b1.data) }
         // g = SimpleGate(dw3×3(t)), pooled = mean over pixels of g              [c, h, w], [c]
         let pooled = UnsafeMutablePointer<Float>.allocateAligned(capacity: 2 * c)
         defer { pooled.deallocate() }
@@ -130,8 +135,10 @@ struct NAFBlock: Sendable {
         BLAS.gemv(m: c, n: c, a: scaWeight.data, x: pooled, beta: 1, y: scale)
         let w3s = UnsafeMutablePointer<Float>.allocateAligned(capacity: c * c)
         defer { w3s.deallocate() }
-        for r in 0..<c {
-            for k in 0..<c { w3s[r * c + k] = w3.data[r * c + k] * scale[k] }
+        w3.withFloat32 { w3 in
+            for r in 0..<c {
+                for k in 0..<c { w3s[r * c + k] = w3.data[r * c + k] * scale[k] }
+            }
         }
         // y = x + β·conv3(g · s)                                                [c, h, w]
         BLAS.gemm(m: c, n: hw, k: c, a: w3s, b: gated, beta: 1, c: x, rowBias: b3.data)
@@ -141,9 +148,9 @@ struct NAFBlock: Sendable {
             return
         }
         Ops.layerNorm2d(input: x, channels: c, plane: hw, eps: 1e-6, weight: nil, bias: nil, output: normed)
-        BLAS.gemm(m: 2 * c, n: hw, k: c, a: w4.data, b: normed, c: expanded, rowBias: b4.data)
+        w4.withFloat32 { w4 in BLAS.gemm(m: 2 * c, n: hw, k: c, a: w4.data, b: normed, c: expanded, rowBias: b4.data) }
         NAFBlock.simpleGate(expanded, channels: c, plane: hw, output: gated)
-        BLAS.gemm(m: c, n: hw, k: c, a: w5.data, b: gated, beta: 1, c: x, rowBias: b5.data)
+        w5.withFloat32 { w5 in BLAS.gemm(m: c, n: hw, k: c, a: w5.data, b: gated, beta: 1, c: x, rowBias: b5.data) }
     }
 
     /// Widest level whose feed-forward half runs in cache-sized pixel tiles (below it the weights are small
@@ -156,7 +163,7 @@ struct NAFBlock: Sendable {
     func feedForwardTiled(_ x: UnsafeMutablePointer<Float>, pixels hw: Int) {
         let tile = max(128, (32_768 / c) / 32 * 32)
         let tiles = (hw + tile - 1) / tile
-        BLAS.singleThreaded {
+        w4.withFloat32 { w4 in w5.withFloat32 { w5 in BLAS.singleThreaded {
             Parallel.forEachChunk(tiles) { range in
                 let scratch = UnsafeMutablePointer<Float>.allocateAligned(capacity: 4 * c * tile + 2 * tile)
                 defer { scratch.deallocate() }
@@ -171,7 +178,7 @@ struct NAFBlock: Sendable {
                     BLAS.gemm(m: c, n: n, k: c, a: w5.data, b: gated, beta: 1, c: x + p0, ldc: hw, rowBias: b5.data)
                 }
             }
-        }
+        } } }
     }
 
     /// g[i] = (dw(t[i]) + b[i]) · (dw(t[i+c]) + b[i+c]) row by row, and each channel's mean of g.
@@ -290,9 +297,9 @@ public struct NAFNet: Sendable {
     }
 
     /// Loads `config.json` + `model.safetensors` from a folder (the model folder's `scm/`).
-    public init(directory: String) throws {
+    public init(directory: String, precision: WeightPrecision = .float32) throws {
         let config = try NAFNetConfig.load(path: directory + "/config.json")
-        try self.init(config: config, weights: try WeightLoader(path: directory + "/model.safetensors"))
+        try self.init(config: config, weights: try WeightLoader(path: directory + "/model.safetensors", precision: precision))
     }
 
     /// Input size multiple the network needs (2^levels).

@@ -273,9 +273,9 @@ public struct UNet2DConditionModel: Sendable {
     }
 
     /// Loads `config.json` + `diffusion_pytorch_model.safetensors` from a folder (a diffusers `unet/`).
-    public init(directory: String) throws {
+    public init(directory: String, precision: WeightPrecision = .float32) throws {
         let config = try UNet2DConditionModelConfig.load(path: directory + "/config.json")
-        try self.init(config: config, weights: try WeightLoader(path: directory + "/diffusion_pytorch_model.safetensors"))
+        try self.init(config: config, weights: try WeightLoader(path: directory + "/diffusion_pytorch_model.safetensors", precision: precision))
     }
 
     /// Latent sizes must be multiples of this (2^(levels−1)).

@@ -128,8 +128,9 @@ public final class AutoDIRPipeline: @unchecked Sendable {
     public static let noArtifact = "no"
     public static let lowResolution = "low resolution"
 
-    /// Loads a model folder; a missing folder or file is an `EngineError.io` naming it.
-    public convenience init(directory: String, tiling: VAETiling = VAETiling()) throws {
+    /// Loads a model folder; a missing folder or file is an `EngineError.io` naming it. `precision` is how the
+    /// convolution and linear weights stay in memory (16-bit halves the resident size; see `WeightPrecision`).
+    public convenience init(directory: String, tiling: VAETiling = VAETiling(), precision: WeightPrecision = .float32) throws {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir), isDir.boolValue else {
             throw EngineError.io("model folder \(directory) does not exist (set --model / AUTODIR_MODEL to an AutoDIR model folder)")
@@ -139,13 +140,13 @@ public final class AutoDIRPipeline: @unchecked Sendable {
             throw EngineError.io("model folder \(directory) is missing \(missing.joined(separator: ", "))")
         }
         let index = try ModelIndex.load(directory: directory)
-        let unet = try UNet2DConditionModel(directory: directory + "/unet")
-        let vae = try AutoencoderKL(directory: directory + "/vae")
-        let clip = try CLIPModel(directory: directory + "/clip")
+        let unet = try UNet2DConditionModel(directory: directory + "/unet", precision: precision)
+        let vae = try AutoencoderKL(directory: directory + "/vae", precision: precision)
+        let clip = try CLIPModel(directory: directory + "/clip", precision: precision)
         let tokenizer = try CLIPTokenizer(directory: directory + "/tokenizer")
         let biqa = try BIQA(clip: clip, tokenizer: tokenizer, categories: index.autodir.categories,
                             template: index.autodir.promptTemplate)
-        let scm = try NAFNet(directory: directory + "/scm")
+        let scm = try NAFNet(directory: directory + "/scm", precision: precision)
         let schedule = try NoiseSchedule(path: directory + "/scheduler/scheduler_config.json")
         try self.init(index: index, unet: unet, vae: vae, biqa: biqa, scm: scm, schedule: schedule, tiling: tiling)
     }

@@ -62,7 +62,11 @@ class _Image(ctypes.Structure):
 
 
 class _EngineParams(ctypes.Structure):
-    _fields_ = [("n_threads", ctypes.c_int)]
+    _fields_ = [("n_threads", ctypes.c_int), ("weight_type", ctypes.c_int)]
+
+
+# autodir_weight_type: how the engine keeps convolution and linear weights in memory
+WEIGHT_TYPES = {"f32": 0, "f16": 1, "bf16": 2}
 
 
 class _Detection(ctypes.Structure):
@@ -302,16 +306,21 @@ class Engine:
 
     threads: kernel threads (0 = leave the current setting, all cores by default; process-wide, see
     include/autodir.h).
+    weights: "f32" (default, fastest), or "f16" / "bf16" to keep convolution and linear weights 16-bit in
+    memory (half the resident size; widened per layer).
     Use as a context manager or call close(); the engine is also freed when garbage-collected.
     """
 
-    def __init__(self, model_dir: Union[str, "os.PathLike[str]"], threads: int = 0):
+    def __init__(self, model_dir: Union[str, "os.PathLike[str]"], threads: int = 0, weights: str = "f32"):
         self._lib = _library()
         self._handle = None
         if model_dir is None:
             raise Error("invalid_argument", "model_dir is None")
         params = self._lib.autodir_engine_params_init()
         params.n_threads = int(threads)
+        if weights not in WEIGHT_TYPES:
+            raise Error("invalid_argument", f"weights must be one of {', '.join(WEIGHT_TYPES)}, got {weights!r}")
+        params.weight_type = WEIGHT_TYPES[weights]
         handle = ctypes.c_void_p()
         _check(self._lib, self._lib.autodir_engine_create(_fspath(model_dir), ctypes.byref(params),
                                                           ctypes.byref(handle)))
