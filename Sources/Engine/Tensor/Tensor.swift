@@ -108,9 +108,25 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
 extension UnsafeMutablePointer where Pointee == Float {
     /// Uninitialised floats on a 64-byte (cache-line) boundary, so that vector rows do not straddle
     /// lines; free with `deallocate()` as usual.
+    ///
+    /// Buffers of 4 MiB and more are placed on 2 MiB boundaries and marked for transparent huge pages
+    /// (`madvise(MADV_HUGEPAGE)`; Linux's default THP mode only gives them to regions that ask): one
+    /// page fault per 2 MiB instead of 512, and strided reads across channel planes (GEMM packing,
+    /// LayerNorm over channels) stop missing the TLB.
     @inline(__always)
     public static func allocateAligned(capacity: Int) -> UnsafeMutablePointer<Float> {
-        UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<Float>.stride * Swift.max(capacity, 1), alignment: 64)
-            .bindMemory(to: Float.self, capacity: Swift.max(capacity, 1))
+        let bytes = MemoryLayout<Float>.stride * Swift.max(capacity, 1)
+        guard bytes >= hugePageThreshold else {
+            return UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+                .bindMemory(to: Float.self, capacity: Swift.max(capacity, 1))
+        }
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: hugePageSize)
+        #if os(Linux)
+        _ = madvise(raw, bytes / hugePageSize * hugePageSize, MADV_HUGEPAGE)  // whole huge pages inside the buffer
+        #endif
+        return raw.bindMemory(to: Float.self, capacity: Swift.max(capacity, 1))
     }
 }
+
+private let hugePageSize = 2 << 20
+private let hugePageThreshold = 4 << 20

@@ -168,6 +168,18 @@ def test_missing_or_empty_model_folder(engine, tmp_path):
     assert _code(Engine, str(tmp_path)) == "model"
     assert _code(Engine, None) == "invalid_argument"
     assert _code(Engine, MODEL, threads=-1) == "invalid_argument"
+    assert _code(Engine, MODEL, weights="f8") == "invalid_argument"
+
+
+@pytest.mark.parametrize("weights", ["f16", "bf16"])
+def test_sixteen_bit_weights_restore_close_to_float32(engine, image, weights):
+    small = np.ascontiguousarray(image[:32, :40])
+    reference = engine.restore(small, seed=1, **FAST)
+    with Engine(MODEL, weights=weights) as half:
+        assert half.detect(small)["artifact"] == engine.detect(small)["artifact"]
+        out = half.restore(small, seed=1, **FAST)
+    assert out.shape == reference.shape
+    assert np.abs(out - reference).max() < (0.02 if weights == "f16" else 0.08)
 
 
 def test_missing_and_corrupt_png(engine, tmp_path):
