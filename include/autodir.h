@@ -86,7 +86,7 @@ extern "C" {
 /* Version                                                                                         */
 
 #define AUTODIR_VERSION_MAJOR 0
-#define AUTODIR_VERSION_MINOR 1
+#define AUTODIR_VERSION_MINOR 2
 #define AUTODIR_VERSION_PATCH 0
 /* major * 10000 + minor * 100 + patch, as returned by autodir_version(). */
 #define AUTODIR_VERSION (AUTODIR_VERSION_MAJOR * 10000 + AUTODIR_VERSION_MINOR * 100 + AUTODIR_VERSION_PATCH)
