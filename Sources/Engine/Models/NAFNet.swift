@@ -241,19 +241,17 @@ struct NAFBlock: Sendable {
 }
 
 /// Scratch buffers for one forward pass, sized for the widest level (width × padded pixels).
-final class NAFNetWorkspace {
+struct NAFNetWorkspace {
     let normed: UnsafeMutablePointer<Float>    // [c, hw]
     let expanded: UnsafeMutablePointer<Float>  // [2c, hw]
     let gated: UnsafeMutablePointer<Float>     // [c, hw]
 
-    init(elements n: Int) {
-        normed = .allocate(capacity: n)
-        expanded = .allocate(capacity: 2 * n)
-        gated = .allocate(capacity: n)
-    }
-
-    deinit {
-        normed.deallocate(); expanded.deallocate(); gated.deallocate()
+    /// Runs `body` with a workspace for blocks of up to `n` = c·h·w elements, taken from the `ScratchPool`
+    /// (so that repeated calls reuse the pages instead of faulting fresh zeroed ones in).
+    static func with<R>(elements n: Int, _ body: (NAFNetWorkspace) throws -> R) rethrows -> R {
+        try ScratchPool.withBuffer(4 * n) { buffer in
+            try body(NAFNetWorkspace(normed: buffer, expanded: buffer + n, gated: buffer + 3 * n))
+        }
     }
 }
 
@@ -341,38 +339,39 @@ public struct NAFNet: Sendable {
     /// The network proper on a padded image [1, img_channel, H, W] (H, W multiples of 2^levels).
     func forwardPadded(_ x: Tensor, trace: Trace?) -> Tensor {
         var (h, w) = (x.shape[2], x.shape[3])
-        let ws = NAFNetWorkspace(elements: config.width * h * w)
-        var cur = intro(x)                                                              // [1, width, H, W]
-        trace?("intro_out", cur)
-        var skips: [Tensor] = []
-        for (level, blocks) in encoders.enumerated() {
-            for (j, block) in blocks.enumerated() {
-                if level == 0 && j == 0 { trace?("block_in", cur.copy()) }
-                block.apply(cur.data, height: h, width: w, ws)
-                if level == 0 && j == 0 { trace?("block_out", cur) }
+        return NAFNetWorkspace.with(elements: config.width * h * w) { ws in
+            var cur = intro(x)                                                          // [1, width, H, W]
+            trace?("intro_out", cur)
+            var skips: [Tensor] = []
+            for (level, blocks) in encoders.enumerated() {
+                for (j, block) in blocks.enumerated() {
+                    if level == 0 && j == 0 { trace?("block_in", cur.copy()) }
+                    block.apply(cur.data, height: h, width: w, ws)
+                    if level == 0 && j == 0 { trace?("block_out", cur) }
+                }
+                trace?("enc\(level)_out", cur)
+                skips.append(cur)
+                cur = downs[level](cur)                                                 // [1, 2c, H/2, W/2]
+                h /= 2; w /= 2
             }
-            trace?("enc\(level)_out", cur)
-            skips.append(cur)
-            cur = downs[level](cur)                                                     // [1, 2c, H/2, W/2]
-            h /= 2; w /= 2
-        }
-        for block in middle { block.apply(cur.data, height: h, width: w, ws) }
-        trace?("middle_out", cur)
-        for (level, blocks) in decoders.enumerated() {
-            let up = ups[level](cur)                                                    // [1, 2c, h, w]
-            let skip = skips.removeLast()                                               // [1, c/2, 2h, 2w]
-            withExtendedLifetime(up) {
-                Ops.pixelShuffle(input: up.data, batch: 1, outChannels: skip.shape[1], height: h, width: w, 2,
-                                 output: skip.data, accumulate: true)
+            for block in middle { block.apply(cur.data, height: h, width: w, ws) }
+            trace?("middle_out", cur)
+            for (level, blocks) in decoders.enumerated() {
+                let up = ups[level](cur)                                                // [1, 2c, h, w]
+                let skip = skips.removeLast()                                           // [1, c/2, 2h, 2w]
+                withExtendedLifetime(up) {
+                    Ops.pixelShuffle(input: up.data, batch: 1, outChannels: skip.shape[1], height: h, width: w, 2,
+                                     output: skip.data, accumulate: true)
+                }
+                h *= 2; w *= 2
+                cur = skip
+                for block in blocks { block.apply(cur.data, height: h, width: w, ws) }
+                trace?("dec\(level)_out", cur)
             }
-            h *= 2; w *= 2
-            cur = skip
-            for block in blocks { block.apply(cur.data, height: h, width: w, ws) }
-            trace?("dec\(level)_out", cur)
+            let out = ending(cur)                                                       // [1, out, H, W]
+            trace?("ending_out", out)
+            return out
         }
-        let out = ending(cur)                                                           // [1, out, H, W]
-        trace?("ending_out", out)
-        return out
     }
 }
 
