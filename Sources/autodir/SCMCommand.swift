@@ -19,7 +19,7 @@ struct SCMCommand: ParsableCommand {
         try compute.apply()
         try runReportingErrors {
             let start = Date()
-            let scm = try NAFNet(directory: model + "/scm")
+            let scm = try NAFNet(directory: model + "/scm", precision: try compute.weightPrecision())
             let image = try PNGImage.read(path: input)                                  // [1, 3, H, W] in [0, 1]
             let (h, w) = (image.shape[2], image.shape[3])
             log("loaded \(model)/scm (\(scm.config.width) wide, \(scm.parameterCount / 1000) k parameters) and \(input) (\(w)×\(h)) in \(elapsed(start))")
