@@ -137,7 +137,9 @@ public final class ZMQSocket: @unchecked Sendable {
             var flags: Int32 = i < frames.count - 1 ? ZMQ_SNDMORE : 0
             if dontWait { flags |= ZMQ_DONTWAIT }
             let rc = frame.withUnsafeBytes { buf -> Int32 in
-                zmq_send(handle, buf.baseAddress ?? UnsafeRawPointer(&zero), buf.count, flags)
+                withUnsafePointer(to: &zero) { z in  // an empty frame still needs a valid pointer
+                    zmq_send(handle, buf.baseAddress ?? UnsafeRawPointer(z), buf.count, flags)
+                }
             }
             if rc < 0 {
                 let e = zmq_errno()

@@ -58,7 +58,7 @@ enum Pool {
         p.executableURL = URL(fileURLWithPath: try binary())
         p.arguments = args
         let log = NSTemporaryDirectory() + "autodir-pool-test-\(getpid()).log"
-        if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
+        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
         let h = FileHandle(forWritingAtPath: log)
         h?.seekToEndOfFile()
         p.standardOutput = h ?? FileHandle.nullDevice
