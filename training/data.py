@@ -79,6 +79,21 @@ MAX_FLAT_FRAC = 0.5
 VAL_FRACTION = 0.2
 MANIFEST_VERSION = 2
 
+# Extra TRAINING pictures (third training run): textured photographs and renders that the whole-image
+# rule above rejects only because of large flat areas (sky, mist, backdrop), looked at by hand. They are
+# added to the training split only, AFTER the split is assigned, so the validation split (by file) is
+# unchanged; one whose group is a validation group of its source would be left out. The crop-level texture
+# rule of training/degradations.py keeps their flat parts out of the examples that need texture.
+EXTRA_TRAIN = (
+    ("plasma-workspace-wallpapers", "ColdRipple"),   # a pier in mist, greyscale photograph
+    ("plasma-workspace-wallpapers", "Volna"),        # a beach from above, photograph
+    ("plasma-workspace-wallpapers", "MilkyWay"),     # star field
+    ("ukui-wallpapers", "2004default"),              # rendered silk ribbons
+    ("ukui-wallpapers", "rhythm"),                   # rendered silk ribbons
+    ("skimage", "brick"),                            # greyscale photograph of a brick wall
+    ("skimage", "rocket"),                           # photograph of a rocket on its pad at night
+)
+
 
 def default_cache() -> str:
     return os.environ.get("AUTODIR_TRAIN_CACHE", os.path.expanduser("~/.cache/autodir-train"))
@@ -264,6 +279,8 @@ def build(cache: str | None = None, max_side: int = 1024, rebuild: bool = False,
         with open(manifest_path) as f:
             man = json.load(f)
         if man.get("version") == MANIFEST_VERSION and man.get("max_side") == max_side:
+            if add_extras(cache, man, log):
+                _write_manifest(manifest_path, man)
             return man
     fetch_debian(cache, log=log)
     entries = []
@@ -285,11 +302,40 @@ def build(cache: str | None = None, max_side: int = 1024, rebuild: bool = False,
         entries.append(e)
     assign_splits(entries)
     man = {"version": MANIFEST_VERSION, "max_side": max_side, "entries": entries}
-    tmp = manifest_path + ".tmp"
+    add_extras(cache, man, log)
+    _write_manifest(manifest_path, man)
+    return man
+
+
+def _write_manifest(path: str, man: dict) -> None:
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(man, f, indent=1)
-    os.replace(tmp, manifest_path)
-    return man
+    os.replace(tmp, path)
+
+
+def add_extras(cache: str, man: dict, log=print) -> bool:
+    """Adds the EXTRA_TRAIN pictures to the training split (see EXTRA_TRAIN); True if anything changed."""
+    changed = False
+    for src, name in EXTRA_TRAIN:
+        es = [e for e in man["entries"] if e["source"] == src and e["name"] == name]
+        if not es or es[0]["kept"]:
+            continue
+        e = es[0]
+        val_groups = {x["group"] for x in man["entries"] if x["source"] == src and x.get("split") == "val"}
+        if e["group"] in val_groups:
+            log(f"extra {src}/{name}: its group is a validation group, left out")
+            continue
+        rgb, _ = load_rgb(e["path"])
+        small = resize_long_side(rgb, man["max_side"])
+        rel = os.path.join("images", src, name + ".png")
+        os.makedirs(os.path.join(cache, "images", src), exist_ok=True)
+        Image.fromarray(small).save(os.path.join(cache, rel), compress_level=1)
+        e.update({"kept": True, "split": "train", "extra": True, "file": rel,
+                  "size": [small.shape[1], small.shape[0]],
+                  "reason": "extra training picture (EXTRA_TRAIN; whole-image rule: " + e["reason"] + ")"})
+        changed = True
+    return changed
 
 
 def counts(man: dict) -> dict:
@@ -349,7 +395,20 @@ class PatchSampler:
         w = np.array([np.sqrt(im.shape[0] * im.shape[1]) for im in images], dtype=np.float64)
         self.weights = w / w.sum()
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, rng: np.random.Generator, min_texture: float = 0.0, max_tries: int = 200) -> np.ndarray:
+        """One patch; with min_texture > 0 patches are drawn again (same generator) until
+        degradations.texture(patch) >= min_texture (after max_tries the last one is returned)."""
+        for _ in range(max_tries):
+            out = self._sample(rng)
+            if min_texture <= 0.0:
+                return out
+            from training.degradations import texture
+
+            if texture(out) >= min_texture:
+                return out
+        return out
+
+    def _sample(self, rng: np.random.Generator) -> np.ndarray:
         im = self.images[rng.choice(len(self.images), p=self.weights)]
         h, w = im.shape[:2]
         s = np.exp(rng.uniform(np.log(self.min_scale), np.log(self.max_scale)))

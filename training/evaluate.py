@@ -21,7 +21,8 @@ and the BIQA confusion matrix + top-1 accuracy over the 8 categories (first-pass
 CLIP mean/std). It also times one automatic restoration of a 512x512 validation image.
 
 Validation images: training/train_autodir_tiny.val_pairs on the VALIDATION split of training/data.py
-(fixed seeds; --per-class images per degradation, --size px, multi-scale region 1-3x).
+(fixed seeds; --per-class images per degradation, --size px, multi-scale region 1-3x; blur, low resolution
+and raindrop on crops that pass the texture rule of training/degradations.py, unless --no-texture).
 
 Usage (repository root):
     /work/venv/bin/python -m training.evaluate [--model models/autodir-tiny] [--per-class 6]
@@ -154,8 +155,8 @@ def load_reference(model_dir):
 
 
 @torch.no_grad()
-def biqa_eval(ref, per_class, seed=2468):
-    clean, deg, lab = val_pairs(_ctx(), n_per=per_class, size=224, seed=seed)
+def biqa_eval(ref, per_class, seed=2468, texture=True):
+    clean, deg, lab = val_pairs(_ctx(), n_per=per_class, size=224, seed=seed, texture=texture)
     preds = []
     for i in range(0, len(deg), 32):
         p, _ = biqa_contexts(ref, u8_to_pm1(deg[i:i + 32]))
@@ -205,6 +206,8 @@ def main(argv=None):
     ap.add_argument("--engine", default=None, help="path of the autodir CLI to score too")
     ap.add_argument("--engine-args", default="", help="extra arguments for `autodir restore`")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--no-texture", action="store_true",
+                    help="validation crops without the crop-level texture rule (the first two runs' crops)")
     ap.add_argument("--write-card", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -217,10 +220,10 @@ def main(argv=None):
 
     ref = load_reference(a.model)
     t0 = time.time()
-    conf, top1 = biqa_eval(ref, a.biqa_per_class)
+    conf, top1 = biqa_eval(ref, a.biqa_per_class, texture=not a.no_texture)
     log(f"BIQA top-1 {top1:.4f} ({time.time() - t0:.0f} s)")
 
-    clean, deg, lab = val_pairs(_CTX, n_per=a.per_class, size=a.size, seed=97531)
+    clean, deg, lab = val_pairs(_CTX, n_per=a.per_class, size=a.size, seed=97531, texture=not a.no_texture)
     methods = METHODS + (["engine"] if a.engine else [])
     res = {m: {c: {"psnr": [], "ssim": []} for c in DEGS} for m in methods}
     passes_log = {c: [] for c in DEGS}
@@ -294,7 +297,8 @@ def main(argv=None):
               "biqa_per_class": a.biqa_per_class, "per_class": a.per_class, "size": a.size,
               "table": table, "passes": passes_log, "pipeline_seconds_mean": float(np.mean(pipe_seconds)),
               "timing_512": timing, "steps": a.steps or ref.defaults["steps"],
-              "max_passes": a.max_passes or ref.defaults["max_passes"], "threads": a.threads}
+              "max_passes": a.max_passes or ref.defaults["max_passes"], "threads": a.threads,
+              "texture_rule": not a.no_texture}
     if a.write_card:
         with open(os.path.join(a.model, "evaluation.json"), "w") as f:
             json.dump(result, f, indent=1)

@@ -23,11 +23,21 @@ def _cfg(d):
 def write_card(model_dir: str, ev: dict, cache: str | None = None) -> str:
     info = json.load(open(os.path.join(model_dir, "training_info.json")))
     st = info["stages"]
+    vision_cfg = dict(CLIP_VISION)
+    try:  # the exported vision tower (its patch size can differ from CLIP_VISION: --biqavis-patch)
+        vc = json.load(open(os.path.join(model_dir, "clip", "config.json")))["vision_config"]
+        vision_cfg = {k: vc.get(k, v) for k, v in CLIP_VISION.items()}
+    except Exception:  # pragma: no cover
+        pass
+    bp = info.get("biqapool")
+    texture = ev.get("texture_rule", False)
     try:
         dc = counts(build(cache or default_cache()))
         data_rows = "\n".join(f"| {s} | {d['train']} | {d['val']} |" for s, d in dc.items())
+        n_train = sum(d["train"] for d in dc.values())
     except Exception:  # pragma: no cover - cache missing
         data_rows = "| (data cache not available when this card was written) | | |"
+        n_train = "50-odd"
     t = ev["table"]
     methods = [m for m in ("input", "classical", "scm-alone", "pipeline", "engine") if m in t]
     head = "| degradation | " + " | ".join(methods) + " | pipeline − best(input, classical) |"
@@ -62,6 +72,23 @@ def write_card(model_dir: str, ev: dict, cache: str | None = None) -> str:
     pass_txt = "; ".join(f"{c}: " + ", ".join("→".join(p) if p else "(none)" for p in passes.get(c, [])[:3])
                          for c in DEGS)
 
+    extra_rows = ""
+    if "biqano" in st:
+        extra_rows += (f"| biqano | continues biqavis with a fraction (--biqano-frac) of the \"no\" examples replaced by pool images that the "
+                       f"pipeline has just restored (SCM output of one pass; the AIR output for low resolution): a restored "
+                       f"image should stop the multi-pass loop{'' if info.get('biqa_used') == 'biqano' else ' (not exported)'}"
+                       f" | {st['biqano']['steps']} | {st['biqano']['minutes']:.1f} |\n")
+    bp_txt = (', on the biqapool (restored pool images among its "no" examples with --biqavis-restored-frac; '
+              'see the notes)') if bp else ""
+    pool_extra = "."
+    if bp:
+        pool_extra = (f" (VAE, AIR, SCM; built from {info.get('pool', {}).get('train_images', '?')} training "
+                      f"pictures).\nThe BIQA vision tower has its own pool (`biqapool`, third run): {bp['n']} pairs "
+                      f"from all {bp['train_images']}\ntraining pictures (including the hand-picked extra training "
+                      "pictures `EXTRA_TRAIN` of `training/data.py`),\nregions of 224–896 px, and the crop-level "
+                      "texture rule of `training/degradations.py` (blur, low resolution\nand raindrop are applied "
+                      "only to crops whose texture, the mean Sobel gradient of the luma, is ≥ 0.10:\non a flat "
+                      "crop they are invisible).")
     text = f"""# autodir-tiny: a small AutoDIR trained on this machine's CPU
 
 **What this is.** The project's own small AutoDIR (issue 5; the method is described in
@@ -75,7 +102,7 @@ run and it does not yet reach issue 5's targets** (see the table and "Limitation
 
 | component | class | configuration | parameters |
 |---|---|---|---|
-| `clip/` (BIQA) | transformers `CLIPModel` | text: {_cfg(CLIP_TEXT)}; vision: {_cfg(CLIP_VISION)} | {st['biqa']['params']:,} |
+| `clip/` (BIQA) | transformers `CLIPModel` | text: {_cfg(CLIP_TEXT)}; vision: {_cfg(vision_cfg)} | {st[info.get('biqa_used', 'biqa')]['params']:,} |
 | `vae/` | diffusers `AutoencoderKL` | {_cfg(VAE_CONFIG)}; mid-block attention | {st['vae']['params']:,} |
 | `unet/` (AIR) | diffusers `UNet2DConditionModel` | {_cfg(UNET_CONFIG)} | {st['air']['params']:,} |
 | `scm/` | NAFNet (`tools/reference/nafnet.py`) | {json.dumps(SCM_CONFIG)} | {st.get('scm', st.get('scmpre'))['params']:,} |
@@ -99,7 +126,7 @@ ukui-wallpapers and the images bundled in scikit-image, selected and split by `t
 Training pairs: a fixed pool of {info.get('pool', {}).get('n', '?')} 224×224 pairs (multi-scale regions of
 224–672 px, flips/rotations), category = index mod 8, degraded by `training/degradations.py` (noise,
 blur, rain, underexposure, haze, low resolution, raindrop, and "no"; the parameter ranges are documented
-in that file), stored as 8-bit.
+in that file), stored as 8-bit{pool_extra}
 
 ## Training (seed {info['seed']}, PyTorch {info['torch']}, {info['cpu']})
 
@@ -108,9 +135,9 @@ in that file), stored as 8-bit.
 | vae | L1 + 0.5·L1(image gradients) + 1e-5·KL on 64×64 crops of clean and degraded pool images, batch 8; then an exact latent rescaling so that 0.18215·latent has unit std | {st['vae']['steps']} | {minutes['vae']:.1f} |
 | biqa | cross-entropy of exp(logit_scale)·cos(image, prompt) over the 8 prompts "A photo needs {{c}} artifact reduction" + the AutoDIR ranking term (the clean image must score lower than the degraded one on the degradation's prompt; hinge, margin 0.2), batch 32 + 16 clean; text tower trained too (we have no pretrained CLIP; AutoDIR freezes its pretrained one) | {st['biqa']['steps']} | {minutes['biqa']:.1f} |
 | air | ε-prediction (MSE) on the AutoDIR schedule, input [z_t ; z_img], z_0 = 0.18215·E(clean), z_img = E(degraded) unscaled, context = last_hidden_state of the TRUE category's prompt; 5 % null text, 5 % zero image latent, 5 % both (for CFG); 25 % zero-signal t = 999 samples (pure-noise input, the sampler's first step; in this run only in the last 6 minutes); 16×16 latent crops, batch 16 | {st['air']['steps']} | {minutes['air']:.1f} |
-| biqavis | text tower frozen (AIR's context); the vision tower re-trained from a fresh init with a frequency-weighted DCT patch embedding (`--biqavis-reinit 1`), same losses, side by side with air | {st.get('biqavis', {}).get('steps', 0)} | {minutes.get('biqavis', 0):.1f} |
-| scmpre | SCM on [degraded, degraded] → clean, L1, 64×64 crops, batch 8 (optional; not run when 0 steps) | {st.get('scmpre', {}).get('steps', 0)} | {minutes.get('scmpre', 0):.1f} |
-| scm | continues scmpre (or starts from scratch) on [degraded, AIR output] → clean (75 %) / [degraded, degraded] (25 %); AIR outputs cached for {asamp.get('n', '?')} pool pairs ({asamp.get('steps', '?')} Euler-ancestral steps, BIQA context, {asamp.get('seconds', 0) / 60:.1f} min) | {st.get('scm', {}).get('steps', 0)} | {minutes.get('scm', 0):.1f} |
+| biqavis | text tower frozen (AIR's context); the vision tower re-trained from a fresh init (patch {vision_cfg['patch_size']}) with a frequency-weighted DCT patch embedding (`--biqavis-reinit 1`), same losses{bp_txt} | {st.get('biqavis', {}).get('steps', 0)} | {minutes.get('biqavis', 0):.1f} |
+{extra_rows}| scmpre | SCM on [degraded, degraded] → clean, L1, 64×64 crops, batch 8 (optional; not run when 0 steps) | {st.get('scmpre', {}).get('steps', 0)} | {minutes.get('scmpre', 0):.1f} |
+| scm | continues scmpre (or starts from scratch) on [degraded, AIR output] → clean (75 %) / [degraded, degraded] (25 %){"; " + info["scm_continuation"] if info.get("scm_continuation") else ""}; AIR outputs cached for {asamp.get('n', '?')} pool pairs ({asamp.get('steps', '?')} Euler-ancestral steps, BIQA context, {asamp.get('seconds', 0) / 60:.1f} min) | {st.get('scm', {}).get('steps', 0)} | {minutes.get('scm', 0):.1f} |
 
 Total {total_min:.0f} minutes of stage time (vae ∥ biqa and air ∥ biqavis ran as two single-thread
 processes side by side, on a 2-core machine shared with other jobs: step rates varied).
@@ -121,7 +148,7 @@ Commands (repository root): `python -m training.train_autodir_tiny` (the whole p
 
 ## Validation (held-out split, PyTorch reference pipeline `tools/reference/autodir_pipeline.py`, float32)
 
-BIQA top-1 accuracy: **{ev['biqa_top1'] * 100:.1f} %** ({ev['biqa_per_class']} × 8 validation crops of 224×224;
+{"Validation crops for blur, low resolution and raindrop follow the crop-level texture rule of `training/degradations.py` (clean crop texture ≥ 0.10; the first two runs' cards used any crop, where these degradations were often invisible); the validation pictures are the same held-out files." + chr(10) + chr(10) if texture else ""}BIQA top-1 accuracy: **{ev['biqa_top1'] * 100:.1f} %** ({ev['biqa_per_class']} × 8 validation crops of 224×224;
 target ≥ 95 %). Confusion (rows: true, columns: predicted):
 
 | | {' | '.join(short)} |
@@ -148,7 +175,7 @@ Speed (512×512, PyTorch reference): {timing_txt}.
   is under-trained. The VAE bounds what AIR can produce (its reconstruction PSNR is in the training
   info), and "low resolution" uses the AIR output directly (no SCM, as in AutoDIR).
 - The text tower is trained on 8 fixed prompts only: free-text prompts give arbitrary contexts.
-- 43-odd training photos; degradations are synthetic (`training/degradations.py`); real-world
+- {n_train} training pictures; degradations are synthetic (`training/degradations.py`); real-world
   images are out of distribution.
 - Continue training with larger budgets (see `training/train_autodir_tiny.py`), then re-run
   `training/evaluate.py --write-card`.

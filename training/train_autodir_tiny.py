@@ -38,10 +38,18 @@ Stages (each resumable; per-stage checkpoints in <cache>/autodir-tiny/, default
            sampler starts from pure noise, and without them a short-trained model reads the 6.8 %
            of clean signal left in z_999 instead of z_img. Latents of the pool are cached; random 16x16 latent crops
            (128 px), flips.
+  biqapool (third run) the BIQA's own pool: --biqa-pool-size (12000) pairs from all training pictures
+           (including data.EXTRA_TRAIN), regions 224-896 px, and the crop-level texture rule of
+           training/degradations.py for blur, low resolution and raindrop (see stage_biqapool).
   biqavis  continues biqa with the text tower FROZEN (vision tower, projections and logit scale only):
            AIR's context is the text tower's last_hidden_state, so once AIR has started from it the text
-           tower must not move; this lets BIQA keep training side by side with AIR. Downstream stages
-           (airsamples, export) use biqavis when it has finished, else biqa.
+           tower must not move; this lets BIQA keep training side by side with AIR. With --biqavis-reinit 1
+           (default) the vision tower starts afresh, patch --biqavis-patch (16; the first two runs: 32)
+           with a DCT patch embedding; it trains on the biqapool (--biqa-pool-size 0: the shared pool).
+           --biqavis-restored-frac F replaces a fraction F of its "no" examples by restored pool images
+           (restored_pool: needs airsamples and scm; the third run resumed biqavis with F = 0.3 for its
+           second half). Downstream stages (airsamples, export) use the latest BIQA phase that has finished
+           and validates at least as well as biqa (--biqa-final overrides).
   scmpre   NAFNet (tools/reference/nafnet.py) img_channel 6, width 16, enc [1,1,1,1], middle 1,
            dec [1,1,1,1], in [-1, 1]: input cat[degraded, degraded] -> clean, L1 (the "SCM alone"
            pre-training; runs after biqavis, side by side with `air`, under --jobs 2). Optional: without
@@ -50,8 +58,12 @@ Stages (each resumable; per-stage checkpoints in <cache>/autodir-tiny/, default
            through BIQA (context = sum p_i T_i, as the pipeline's first pass) and AIR (k-diffusion
            Euler ancestral, --air-sample-steps steps, seed = pair index) at 224x224 and decoded;
            cached (invalidated when the VAE, BIQA or AIR checkpoint changes).
-  scm      continues scmpre (if any): input cat[degraded, x_air] -> clean (75 %) or cat[degraded, degraded]
-           (25 %, keeps the "SCM alone" ablation meaningful), L1, random 64x64 crops.
+  scm      continues scmpre (if any): input cat[degraded, x_air] -> clean, or cat[degraded, degraded]
+           (--scm-self-frac, keeps the "SCM alone" ablation meaningful), or cat[clean, clean] -> clean
+           (--scm-clean-frac: nothing to correct, the SCM must leave the image alone), L1, random 64x64
+           crops. (The first two runs: 75 % / 25 % / 0 %; the third run continued with 50 / 30 / 20 %.)
+  biqano   continues biqavis with --biqano-frac of the "no" examples replaced by restored pool images
+           (the pipeline's output after one pass: the loop should stop on them). 0 minutes by default.
   export   models/autodir-tiny (F16 tensors), model_index.json, MODEL_CARD.md skeleton (the validation
            table is filled by `python -m training.evaluate --write-card`).
 
@@ -68,7 +80,7 @@ thread per process by default.
 
 Usage (repository root):
     nohup /work/venv/bin/python -m training.train_autodir_tiny --jobs 2 > /tmp/autodir_tiny.log 2>&1 &
-          # --jobs 2: vae || biqa, then air || (biqavis, scmpre), then airsamples, scm, export
+          # --jobs 2: vae || biqa, then air || (biqapool, biqavis, scmpre), then airsamples, scm, biqano, export
     /work/venv/bin/python -m training.train_autodir_tiny                   # everything in one process
     /work/venv/bin/python -m training.train_autodir_tiny --stages biqa --minutes-per-stage biqa=30
     /work/venv/bin/python -m training.train_autodir_tiny --stages export
@@ -105,9 +117,14 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 TOKENIZER_DIR = os.path.join(REPO, "Tests", "EngineTests", "Fixtures", "tokenizer")
 
-STAGES = ["pool", "vae", "biqa", "air", "biqavis", "scmpre", "airsamples", "scm", "export"]
-TRAINED = ["vae", "biqa", "air", "biqavis", "scmpre", "scm"]
-DEFAULT_MINUTES = {"vae": 40.0, "biqa": 25.0, "air": 70.0, "biqavis": 35.0, "scmpre": 30.0, "scm": 30.0}
+STAGES = ["pool", "vae", "biqa", "air", "biqapool", "biqavis", "scmpre", "airsamples", "airwrong", "scm", "biqano",
+          "export"]
+# torch seeds are derived from this order (the first two runs' stages keep their seeds)
+SEED_ORDER = ["pool", "vae", "biqa", "air", "biqavis", "scmpre", "airsamples", "scm", "export", "biqapool", "biqano",
+              "airwrong"]
+TRAINED = ["vae", "biqa", "air", "biqavis", "scmpre", "scm", "biqano"]
+DEFAULT_MINUTES = {"vae": 40.0, "biqa": 25.0, "air": 70.0, "biqavis": 35.0, "scmpre": 30.0, "scm": 30.0,
+                   "biqano": 0.0}
 
 VAE_CONFIG = dict(in_channels=3, out_channels=3, block_out_channels=(16, 32, 64, 64),
                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -258,6 +275,68 @@ def load_pool(ctx: Ctx):
     return z["clean"], z["deg"], z["labels"]
 
 
+BIQAPOOL_CHUNK = 500
+
+
+def biqapool_dir(ctx: Ctx) -> str:
+    return ctx.path(f"biqapool_s{ctx.seed}_n{ctx.a.biqa_pool_size}")
+
+
+def stage_biqapool(ctx: Ctx) -> None:
+    """The BIQA's own, larger pool (third run): --biqa-pool-size (clean, degraded, label) 224x224 pairs
+    from the TRAINING split, regions of 224-896 px (scale 1-4), category i % 8, the crop-level texture
+    rule for blur / low resolution / raindrop, rng seeded with (seed, 8888, i). Written in chunks of
+    500 pairs (resumable); `--biqapool-part K/N` makes only the chunks c with c % N == K, so N processes
+    can fill it side by side."""
+    d = biqapool_dir(ctx)
+    os.makedirs(d, exist_ok=True)
+    k_part, n_part = (int(v) for v in ctx.a.biqapool_part.split("/"))
+    ds = PhotoSet("train", ctx.cache, log=log)
+    sampler = PatchSampler(ds.images, patch=224, min_scale=1.0, max_scale=4.0, augment=True)
+    n = ctx.a.biqa_pool_size
+    t0 = time.time()
+    for c0 in range(0, n, BIQAPOOL_CHUNK):
+        ci = c0 // BIQAPOOL_CHUNK
+        path = os.path.join(d, f"chunk_{ci:04d}.npz")
+        if ci % n_part != k_part or os.path.exists(path):
+            continue
+        m = min(BIQAPOOL_CHUNK, n - c0)
+        clean = np.zeros((m, 224, 224, 3), np.uint8)
+        deg = np.zeros((m, 224, 224, 3), np.uint8)
+        labels = np.zeros(m, np.int64)
+        for j in range(m):
+            i = c0 + j
+            rng = np.random.default_rng([ctx.seed, 8888, i])
+            k = i % len(CATEGORIES)
+            c = sampler.sample(rng, min_texture=degradations.min_texture(CATEGORIES[k]))
+            dg, _ = degradations.degrade(c, CATEGORIES[k], rng)
+            clean[j] = (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)
+            deg[j] = (np.clip(dg, 0, 1) * 255 + 0.5).astype(np.uint8)
+            labels[j] = k
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, clean=clean, deg=deg, labels=labels)
+        os.replace(tmp, path)
+        log(f"biqapool: chunk {ci} ({c0 + m}/{n}, {time.time() - t0:.0f} s)")
+    with open(os.path.join(d, "info.json"), "w") as f:
+        json.dump({"n": n, "seed": ctx.seed, "train_images": len(ds)}, f)
+
+
+def load_biqapool(ctx: Ctx):
+    d = biqapool_dir(ctx)
+    n = ctx.a.biqa_pool_size
+    clean = np.zeros((n, 224, 224, 3), np.uint8)
+    deg = np.zeros((n, 224, 224, 3), np.uint8)
+    labels = np.zeros(n, np.int64)
+    for c0 in range(0, n, BIQAPOOL_CHUNK):
+        path = os.path.join(d, f"chunk_{c0 // BIQAPOOL_CHUNK:04d}.npz")
+        if not os.path.exists(path):
+            raise SystemExit(f"biqapool: {path} missing (run the biqapool stage)")
+        z = np.load(path)
+        m = len(z["labels"])
+        clean[c0:c0 + m], deg[c0:c0 + m], labels[c0:c0 + m] = z["clean"], z["deg"], z["labels"]
+    return clean, deg, labels
+
+
 # ----------------------------------------------------------------------------------------------
 # model builders
 
@@ -268,10 +347,12 @@ def make_vae():
     return AutoencoderKL(**VAE_CONFIG)
 
 
-def make_clip():
+def make_clip(patch: int | None = None):
+    """The BIQA CLIPModel; `patch` overrides the vision tower's patch size (biqavis, --biqavis-patch)."""
     from transformers import CLIPConfig, CLIPModel
 
-    config = CLIPConfig(text_config=CLIP_TEXT, vision_config=CLIP_VISION, projection_dim=64,
+    vision = dict(CLIP_VISION, **({"patch_size": patch} if patch else {}))
+    config = CLIPConfig(text_config=CLIP_TEXT, vision_config=vision, projection_dim=64,
                         logit_scale_init_value=2.6592)
     config._attn_implementation = "eager"
     return CLIPModel(config)
@@ -317,7 +398,7 @@ class Trainer:
                                 "state": self.state})
 
     def run(self, step_fn, eval_fn=None, eval_every=500, log_every=50):
-        torch.manual_seed(self.ctx.seed * 1000 + STAGES.index(self.name) * 7 + self.state["step"])
+        torch.manual_seed(self.ctx.seed * 1000 + SEED_ORDER.index(self.name) * 7 + self.state["step"])
         self.model.train()
         last_ck = time.time()
         t_mark = time.time()
@@ -357,15 +438,17 @@ class Trainer:
         self.checkpoint()
 
 
-def val_pairs(ctx: Ctx, n_per: int = 16, size: int = 224, seed: int = 4321):
-    """Fixed validation pairs from the VALIDATION split (uint8), n_per per category, category-major."""
+def val_pairs(ctx: Ctx, n_per: int = 16, size: int = 224, seed: int = 4321, texture: bool = True):
+    """Fixed validation pairs from the VALIDATION split (uint8), n_per per category, category-major.
+    texture: the crop-level texture rule of training/degradations.py for blur, low resolution and
+    raindrop (the third run's validation; False gives the first two runs' crops)."""
     ds = PhotoSet("val", ctx.cache, log=lambda *a: None)
     sampler = PatchSampler(ds.images, patch=size, min_scale=1.0, max_scale=3.0, augment=False)
     clean, deg, lab = [], [], []
     for k, cat in enumerate(CATEGORIES):
         for i in range(n_per):
             rng = np.random.default_rng([seed, k, i])
-            c = sampler.sample(rng)
+            c = sampler.sample(rng, min_texture=degradations.min_texture(cat) if texture else 0.0)
             d, _ = degradations.degrade(c, cat, rng)
             clean.append((np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8))
             deg.append((np.clip(d, 0, 1) * 255 + 0.5).astype(np.uint8))
@@ -461,9 +544,9 @@ def load_final(ctx: Ctx, name: str):
     ck = load_ckpt(ctx.path(f"{name}_final.pt"))
     if ck is None:
         raise SystemExit(f"stage {name!r} has not finished ({ctx.path(name + '_final.pt')} missing)")
-    maker = {"vae": make_vae, "biqa": make_clip, "biqavis": make_clip, "air": make_unet, "scm": make_scm,
-             "scmpre": make_scm}[name]
-    m = maker()
+    maker = {"vae": make_vae, "biqa": make_clip, "biqavis": make_clip, "biqano": make_clip,
+             "air": make_unet, "scm": make_scm, "scmpre": make_scm}[name]
+    m = maker(ck["vision_patch"]) if name.startswith("biqa") and ck.get("vision_patch") else maker()
     m.load_state_dict(ck["model"])
     m.eval()
     return m, ck
@@ -490,14 +573,56 @@ def clip_scores(clip, pixel_values, enc):
     return clip.logit_scale.exp().clamp(max=100) * cos, cos
 
 
-def stage_biqa(ctx: Ctx, vision_only: bool = False) -> None:
-    name = "biqavis" if vision_only else "biqa"
-    clean, deg, labels = load_pool(ctx)
+def restored_pool(ctx: Ctx) -> np.ndarray:
+    """uint8 N x 224 x 224 x 3: the pool pairs with cached AIR outputs after one pipeline pass with the
+    current SCM (x_scm = SCM([degraded, x_air]); x_air itself for "low resolution", as the pipeline
+    passes it on). biqano labels them "no": an image the pipeline has just restored should stop the loop."""
+    ck = load_ckpt(ctx.path("air_samples.pt"))
+    if ck is None or not ck.get("done"):
+        raise SystemExit("restored_pool: run the airsamples stage first")
+    air = np.concatenate(ck["air"])
+    idx = np.array(ck["idx"])
+    _, deg, labels = load_pool(ctx)
+    scm, _ = load_final(ctx, "scm" if os.path.exists(ctx.path("scm_final.pt")) else "scmpre")
+    lr = CATEGORIES.index("low resolution")
+    out = np.zeros_like(air)
+    with torch.no_grad():
+        for s in range(0, len(idx), 8):
+            d, a = u8_to_pm1(deg[idx[s:s + 8]]), u8_to_pm1(air[s:s + 8])
+            y = scm(torch.cat([d, a], 1))
+            y = torch.where(torch.from_numpy(labels[idx[s:s + 8]] == lr)[:, None, None, None], a, y)
+            out[s:s + 8] = ((y.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    log(f"restored_pool: {len(out)} restored pool images")
+    return out
+
+
+def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False) -> None:
+    """biqa, biqavis (vision_only) or biqano (vision_only and restored: continues biqavis, with a
+    fraction --biqano-frac of the "no" examples replaced by restored_pool images)."""
+    name = "biqano" if restored else "biqavis" if vision_only else "biqa"
+    rest_frac = ctx.a.biqano_frac if restored else ctx.a.biqavis_restored_frac if vision_only else 0.0
+    rest = restored_pool(ctx) if rest_frac > 0 else None
+    if vision_only and ctx.a.biqa_pool_size > 0:
+        clean, deg, labels = load_biqapool(ctx)
+    else:
+        clean, deg, labels = load_pool(ctx)
     n = len(clean)
-    clip = make_clip()
+    log(f"{name}: {n} training pairs")
+    patch = ctx.a.biqavis_patch if vision_only else None
+    clip = make_clip(patch)
     tok = tokenizer()
     enc, _ = prompt_tokens(tok)
-    if vision_only:
+    if restored:
+        if not os.path.exists(ctx.path("biqano.pt")):
+            bv = load_ckpt(ctx.path("biqavis_final.pt"))
+            clip = make_clip(bv.get("vision_patch"))
+            clip.load_state_dict(bv["model"])
+            log("biqano: initialised from biqavis")
+        else:
+            clip = make_clip(patch)
+        for p_ in clip.text_model.parameters():
+            p_.requires_grad_(False)
+    elif vision_only:
         if not os.path.exists(ctx.path("biqavis.pt")):
             fresh = clip.state_dict()
             sd = load_ckpt(ctx.path("biqa_final.pt"))["model"]
@@ -513,18 +638,24 @@ def stage_biqa(ctx: Ctx, vision_only: bool = False) -> None:
         # the text tower's last_hidden_state is AIR's context: it must not move any more
         for p_ in clip.text_model.parameters():
             p_.requires_grad_(False)
-    tr = Trainer(ctx, name, clip, lr=ctx.a.biqavis_lr if vision_only else ctx.a.biqa_lr, weight_decay=0.01)
+    lr = ctx.a.biqano_lr if restored else ctx.a.biqavis_lr if vision_only else ctx.a.biqa_lr
+    tr = Trainer(ctx, name, clip, lr=lr, weight_decay=0.01)
     vc, vd, vl = val_pairs(ctx, n_per=ctx.a.val_per_class)
     vx = clip_pixels(u8_to_pm1(vd))
     bs = ctx.a.biqa_batch
     no = CATEGORIES.index("no")
 
     def step_fn(step):
-        rng = np.random.default_rng([ctx.seed, 6 if vision_only else 2, step])
+        rng = np.random.default_rng([ctx.seed, 8 if restored else 6 if vision_only else 2, step])
         idx = rng.integers(0, n, bs)
         k = int(rng.integers(0, 4))
         fl = rng.random() < 0.5
         d, c = deg[idx], clean[idx[:bs // 2]]
+        if rest is not None:
+            swap = (labels[idx] == no) & (rng.random(bs) < rest_frac)
+            if swap.any():
+                d = d.copy()
+                d[swap] = rest[rng.integers(0, len(rest), int(swap.sum()))]
         if fl:
             d, c = d[:, :, ::-1], c[:, :, ::-1]
         d, c = np.rot90(d, k, axes=(1, 2)), np.rot90(c, k, axes=(1, 2))
@@ -560,9 +691,16 @@ def stage_biqa(ctx: Ctx, vision_only: bool = False) -> None:
     if tr.state["elapsed"] < tr.budget:
         tr.run(step_fn, eval_fn, eval_every=ctx.a.eval_every, log_every=50)
     r = eval_fn()
+    if rest is not None:  # how often one restored pool image would stop the loop (scored "no")
+        with torch.no_grad():
+            sel = rest[:: max(1, len(rest) // 160)]
+            pr = torch.cat([clip_scores(clip, clip_pixels(u8_to_pm1(sel[i:i + 32])), enc)[0].argmax(1)
+                            for i in range(0, len(sel), 32)])
+        r["restored_no_train"] = round(float((pr == no).float().mean()), 4)
     save_atomic(ctx.path(f"{name}_final.pt"), {"model": clip.state_dict(), "step": tr.state["step"],
                                                "elapsed": tr.state["elapsed"], "val": r,
-                                               "params": n_params(clip)})
+                                               "params": n_params(clip),
+                                               "vision_patch": clip.config.vision_config.patch_size})
     log(f"{name}: final {r}")
 
 
@@ -597,14 +735,17 @@ def dct_patch_init(shape):
 
 
 def load_biqa(ctx: Ctx):
-    """The BIQA to use downstream of AIR: biqavis (text tower frozen, vision tower trained further or
-    re-trained) when it has finished AND validates at least as well as biqa, else biqa."""
-    if os.path.exists(ctx.path("biqavis_final.pt")):
-        v = load_ckpt(ctx.path("biqavis_final.pt"))["val"]["top1"]
-        b = load_ckpt(ctx.path("biqa_final.pt"))["val"]["top1"]
-        if v >= b:
-            return load_final(ctx, "biqavis")
-        log(f"biqavis validates worse than biqa ({v} < {b}): using biqa")
+    """The BIQA to use downstream of AIR. --biqa-final NAME picks one; "auto": biqano or biqavis (the
+    later one that has finished) when it validates at least as well as biqa, else biqa."""
+    if ctx.a.biqa_final != "auto":
+        return load_final(ctx, ctx.a.biqa_final)
+    for late in ("biqano", "biqavis"):
+        if os.path.exists(ctx.path(f"{late}_final.pt")):
+            v = load_ckpt(ctx.path(f"{late}_final.pt"))["val"]["top1"]
+            b = load_ckpt(ctx.path("biqa_final.pt"))["val"]["top1"]
+            if v >= b:
+                return load_final(ctx, late)
+            log(f"{late} validates worse than biqa ({v} < {b}): not used")
     return load_final(ctx, "biqa")
 
 
@@ -821,6 +962,45 @@ def stage_airsamples(ctx: Ctx) -> None:
     log(f"airsamples: {len(ii)} AIR outputs in {ck['seconds']:.0f} s; PSNR input {pin:.2f} dB, AIR {pair:.2f} dB")
 
 
+def stage_airwrong(ctx: Ctx) -> None:
+    """AIR outputs under a WRONG context, for the SCM (third run): --scm-wrong-pool pool pairs (every
+    category, "no" included, a fixed subset) run through AIR with the prompt state of a category other than
+    their own (and other than "low resolution", whose pass skips the SCM), drawn with rng (seed, 99, i).
+    The multi-pass loop runs such passes whenever the BIQA errs or does not stop: the SCM learns to undo
+    them ([degraded, x_air_wrong] -> clean). Cached in air_wrong.pt."""
+    vae, vck = load_final(ctx, "vae")
+    clip, bck = load_biqa(ctx)
+    unet, ack = load_final(ctx, "air")
+    key = {"vae": vck["step"], "biqa": (bck["step"], round(bck["elapsed"], 1)), "air": ack["step"],
+           "steps": ctx.a.air_sample_steps, "n": ctx.a.scm_wrong_pool}
+    p = ctx.path("air_wrong.pt")
+    ck = load_ckpt(p)
+    if ck is not None and ck["key"] == key and ck.get("done"):
+        log("airwrong: cache up to date")
+        return
+    clean, deg, labels = load_pool(ctx)
+    n = len(labels)
+    idx = np.linspace(0, n - 1, ctx.a.scm_wrong_pool).astype(int)
+    lr = CATEGORIES.index("low resolution")
+    wrong = []
+    for i in idx:
+        r = np.random.default_rng([ctx.seed, 99, int(i)])
+        opts = [k for k in range(len(CATEGORIES) - 1) if k != labels[i] and k != lr]
+        wrong.append(int(opts[int(r.integers(0, len(opts)))]))
+    wrong = np.array(wrong)
+    ref = reference_from_parts(vae, clip, unet)
+    out = []
+    t0 = time.time()
+    for s in range(0, len(idx), 8):
+        x = u8_to_pm1(deg[idx[s:s + 8]])
+        c = ref.prompt_states[torch.from_numpy(wrong[s:s + 8])]
+        air = air_batch_sample(ref, x, c, ctx.a.air_sample_steps, seed=ctx.seed * 100000 + 50000 + s)
+        out.append(((air.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    save_atomic(p, {"key": key, "idx": idx, "wrong": wrong, "air": np.concatenate(out), "done": True,
+                    "seconds": time.time() - t0})
+    log(f"airwrong: {len(idx)} AIR outputs under wrong contexts in {time.time() - t0:.0f} s")
+
+
 # ----------------------------------------------------------------------------------------------
 # SCM
 
@@ -850,25 +1030,50 @@ def stage_scm(ctx: Ctx, pre: bool) -> None:
     # on a fixed batch (the real validation is training/evaluate.py)
     vr = np.random.default_rng([ctx.seed, 55])
 
-    def make(rng, b):
+    def make(rng, b, mode=None):
+        """mode per sample: 0 = [degraded, AIR output], 1 = [degraded, degraded] (the "SCM alone"
+        input), 2 = [clean, clean] -> clean (nothing to fix: the SCM must leave it alone). Without AIR
+        outputs (scmpre) mode 0 is [degraded, degraded]."""
         j = rng.integers(0, len(cand), b)
         i = cand[j]
         arrs = [deg[i], clean[i]] + ([air[j]] if air is not None else [])
         crops = crop_batch(rng, arrs, ps)
         d, c = u8_to_pm1(crops[0]), u8_to_pm1(crops[1])
-        if air is not None:
-            a = u8_to_pm1(crops[2])
-            use_self = torch.from_numpy(rng.random(b) < 0.25)[:, None, None, None]
-            a = torch.where(use_self, d, a)
-        else:
-            a = d
+        if mode is None:
+            r = rng.random(b)
+            mode = np.where(r < ctx.a.scm_clean_frac, 2, np.where(r < ctx.a.scm_clean_frac + ctx.a.scm_self_frac, 1, 0))
+        mode = torch.from_numpy(np.broadcast_to(np.asarray(mode), (b,)).copy())[:, None, None, None]
+        a = u8_to_pm1(crops[2]) if air is not None else d
+        a = torch.where(mode == 1, d, a)
+        d = torch.where(mode == 2, c, d)
+        a = torch.where(mode == 2, c, a)
         return torch.cat([d, a], 1), c
 
-    vx, vy = make(vr, 32)
+    vsets = {k: make(np.random.default_rng([ctx.seed, 55, m]), 32, m)
+             for k, m in (("air", 0), ("self", 1), ("clean", 2))}
+    wk = load_ckpt(ctx.path("air_wrong.pt")) if (not pre and ctx.a.scm_wrong_frac > 0) else None
+    if not pre and ctx.a.scm_wrong_frac > 0 and (wk is None or not wk.get("done")):
+        raise SystemExit("scm: --scm-wrong-frac needs the airwrong stage first")
+
+    def make_wrong(rng, b):
+        """[degraded, AIR output under a wrong context] -> clean (see stage_airwrong)."""
+        j = rng.integers(0, len(wk["idx"]), b)
+        i = wk["idx"][j]
+        crops = crop_batch(rng, [deg[i], clean[i], wk["air"][j]], ps)
+        d, c, a = (u8_to_pm1(x) for x in crops)
+        return torch.cat([d, a], 1), c
+
+    if wk is not None:
+        vsets["wrong"] = make_wrong(np.random.default_rng([ctx.seed, 55, 3]), 32)
 
     def step_fn(step):
         rng = np.random.default_rng([ctx.seed, 4 if pre else 5, step])
         x, y = make(rng, bs)
+        if wk is not None:
+            nw = int(rng.binomial(bs, ctx.a.scm_wrong_frac))
+            if nw:
+                xw, yw = make_wrong(rng, nw)
+                x, y = torch.cat([x[nw:], xw]), torch.cat([y[nw:], yw])
         loss = F.l1_loss(scm(x), y)
         tr.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -877,8 +1082,13 @@ def stage_scm(ctx: Ctx, pre: bool) -> None:
 
     @torch.no_grad()
     def eval_fn():
-        out = torch.cat([scm(vx[i:i + 8]) for i in range(0, 32, 8)])
-        return {"psnr_in": round(psnr_pm1(vx[:, 3:], vy), 3), "psnr_out": round(psnr_pm1(out, vy), 3)}
+        r = {}
+        for k, (vx, vy) in vsets.items():
+            out = torch.cat([scm(vx[i:i + 8]) for i in range(0, 32, 8)])
+            r[f"{k}_in"] = round(psnr_pm1(vx[:, 3:], vy), 3)
+            r[f"{k}_out"] = round(psnr_pm1(out, vy), 3)
+        r["psnr_in"], r["psnr_out"] = r["air_in"], r["air_out"]
+        return r
 
     if tr.state["elapsed"] < tr.budget:
         tr.run(step_fn, eval_fn, eval_every=ctx.a.eval_every, log_every=100)
@@ -934,19 +1144,34 @@ def stage_export(ctx: Ctx) -> None:
     pool_info = ctx.path("pool_info.json")
     if os.path.exists(pool_info):
         info["pool"] = json.load(open(pool_info))
-    for name, ck in (("vae", vck), ("biqa", bck), ("air", ack), (scm_name, sck)):
-        info["stages"][name] = {"params": ck["params"], "steps": ck["step"], "minutes": ck["elapsed"] / 60,
-                                "val": ck.get("val")}
-    if os.path.exists(ctx.path("biqavis_final.pt")):  # bck is biqavis: record both phases
-        b1 = load_ckpt(ctx.path("biqa_final.pt"))
-        info["stages"]["biqavis"] = info["stages"]["biqa"]
-        info["stages"]["biqa"] = {"params": b1["params"], "steps": b1["step"], "minutes": b1["elapsed"] / 60,
-                                  "val": b1.get("val")}
+    def rec(ck):
+        r = {"params": ck["params"], "steps": ck["step"], "minutes": ck["elapsed"] / 60,
+             "val": ck.get("val")}
+        if ck.get("vision_patch"):
+            r["vision_patch"] = ck["vision_patch"]
+        return r
+
+    for name, ck in (("air", ack), (scm_name, sck)):
+        info["stages"][name] = rec(ck)
+    # every BIQA phase that has run (the exported one: biqa_used)
+    for name in ("vae", "biqa", "biqavis", "biqano"):
+        if os.path.exists(ctx.path(f"{name}_final.pt")):
+            info["stages"][name] = rec(load_ckpt(ctx.path(f"{name}_final.pt")))
+    info["biqa_used"] = next(n for n in ("biqano", "biqavis", "biqa")
+                             if n in info["stages"] and info["stages"][n]["steps"] == bck["step"]
+                             and abs(info["stages"][n]["minutes"] - bck["elapsed"] / 60) < 1e-6)
     if scm_name == "scm":
         pk = load_ckpt(ctx.path("scmpre_final.pt"))
         if pk is not None:
             info["stages"]["scmpre"] = {"params": pk["params"], "steps": pk["step"], "minutes": pk["elapsed"] / 60,
                                         "val": pk.get("val")}
+    bpi = os.path.join(biqapool_dir(ctx), "info.json")
+    if ctx.a.biqa_pool_size > 0 and os.path.exists(bpi):
+        info["biqapool"] = json.load(open(bpi))
+    if ctx.a.scm_clean_frac > 0 or ctx.a.scm_wrong_frac > 0:
+        info["scm_continuation"] = ("later continued with [clean, clean] → clean (--scm-clean-frac), more "
+                                    "[degraded, degraded] (--scm-self-frac) and AIR outputs under a wrong context "
+                                    "(--scm-wrong-frac, airwrong stage) mixed in: see the notes")
     asamp = load_ckpt(ctx.path("air_samples.pt"))
     if asamp is not None:
         info["airsamples"] = {"n": len(asamp["idx"]), "seconds": asamp["seconds"], "steps": asamp["key"]["steps"]}
@@ -971,11 +1196,11 @@ def stage_export(ctx: Ctx) -> None:
 def run_stage(ctx: Ctx, stage: str) -> None:
     t0 = time.time()
     log(f"=== stage {stage}")
-    torch.manual_seed(ctx.seed + STAGES.index(stage))
-    {"pool": stage_pool, "vae": stage_vae, "biqa": stage_biqa, "air": stage_air,
-     "biqavis": lambda c: stage_biqa(c, True),
+    torch.manual_seed(ctx.seed + SEED_ORDER.index(stage))
+    {"pool": stage_pool, "biqapool": stage_biqapool, "vae": stage_vae, "biqa": stage_biqa, "air": stage_air,
+     "biqavis": lambda c: stage_biqa(c, True), "biqano": lambda c: stage_biqa(c, True, restored=True),
      "scmpre": lambda c: stage_scm(c, True), "airsamples": stage_airsamples,
-     "scm": lambda c: stage_scm(c, False), "export": stage_export}[stage](ctx)
+     "airwrong": stage_airwrong, "scm": lambda c: stage_scm(c, False), "export": stage_export}[stage](ctx)
     log(f"=== stage {stage} done in {(time.time() - t0) / 60:.1f} min")
 
 
@@ -1005,6 +1230,18 @@ def main(argv=None) -> None:
     ap.add_argument("--biqa-lr", type=float, default=5e-4)
     ap.add_argument("--biqa-rank", type=float, default=1.0)
     ap.add_argument("--biqavis-lr", type=float, default=7e-4)
+    ap.add_argument("--biqavis-patch", type=int, default=16,
+                    help="patch size of the biqavis vision tower (a fresh one: needs --biqavis-reinit 1)")
+    ap.add_argument("--biqa-pool-size", type=int, default=12000,
+                    help="pairs in biqavis's own pool (0: biqavis uses the shared pool)")
+    ap.add_argument("--biqapool-part", default="0/1", help="K/N: this process makes chunks c %% N == K")
+    ap.add_argument("--biqa-final", default="auto", choices=["auto", "biqa", "biqavis", "biqano"],
+                    help="the BIQA used downstream (airsamples, export)")
+    ap.add_argument("--biqavis-restored-frac", type=float, default=0.0,
+                    help='biqavis: fraction of the "no" examples replaced by restored pool images (see restored_pool)')
+    ap.add_argument("--biqano-frac", type=float, default=0.5,
+                    help='biqano: fraction of the "no" examples replaced by restored pool images')
+    ap.add_argument("--biqano-lr", type=float, default=2e-4)
     ap.add_argument("--biqavis-reinit", type=int, default=1,
                     help="1: biqavis starts a fresh vision tower with a DCT patch embedding; 0: continues biqa's")
     ap.add_argument("--air-batch", type=int, default=16)
@@ -1015,6 +1252,13 @@ def main(argv=None) -> None:
     ap.add_argument("--scm-batch", type=int, default=8)
     ap.add_argument("--scm-patch", type=int, default=64)
     ap.add_argument("--scm-lr", type=float, default=1e-3)
+    ap.add_argument("--scm-self-frac", type=float, default=0.25,
+                    help="fraction of SCM samples on [degraded, degraded] (the SCM-alone input)")
+    ap.add_argument("--scm-wrong-frac", type=float, default=0.0,
+                    help="fraction of SCM samples on [degraded, AIR output under a wrong context] (airwrong)")
+    ap.add_argument("--scm-wrong-pool", type=int, default=480, help="pool pairs with wrong-context AIR outputs")
+    ap.add_argument("--scm-clean-frac", type=float, default=0.0,
+                    help="fraction of SCM samples on [clean, clean] -> clean (nothing to correct)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     ctx = Ctx(a)
@@ -1044,8 +1288,8 @@ def main(argv=None) -> None:
                 continue
             clean.append(x)
         # each group: stage sequences run side by side as subprocesses (each re-reads this file)
-        groups = [[["pool"]], [["vae"], ["biqa"]], [["air"], ["biqavis", "scmpre"]],
-                  [["airsamples", "scm", "export"]]]
+        groups = [[["pool"]], [["vae"], ["biqa"]], [["air"], ["biqapool", "biqavis", "scmpre"]],
+                  [["airsamples", "scm", "biqano", "export"]]]
         for g in groups:
             g = [[s for s in seq if s in stages] for seq in g]
             g = [seq for seq in g if seq]
