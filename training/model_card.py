@@ -78,6 +78,11 @@ def write_card(model_dir: str, ev: dict, cache: str | None = None) -> str:
                        f"pipeline has just restored (SCM output of one pass; the AIR output for low resolution): a restored "
                        f"image should stop the multi-pass loop{'' if info.get('biqa_used') == 'biqano' else ' (not exported)'}"
                        f" | {st['biqano']['steps']} | {st['biqano']['minutes']:.1f} |\n")
+    if "biqastream" in st:
+        extra_rows += (f"| biqastream | continues biqano, text tower frozen, on pairs made on the fly from all training pictures "
+                       f"(no pair seen twice; fourth run), with a fraction (--biqano-frac) of the \"no\" examples restored "
+                       f"images as in biqano{'' if info.get('biqa_used') == 'biqastream' else ' (not exported)'}"
+                       f" | {st['biqastream']['steps']} | {st['biqastream']['minutes']:.1f} |\n")
     bp_txt = (', on the biqapool (restored pool images among its "no" examples with --biqavis-restored-frac; '
               'see the notes)') if bp else ""
     pool_extra = "."
@@ -137,7 +142,7 @@ in that file), stored as 8-bit{pool_extra}
 | air | ε-prediction (MSE) on the AutoDIR schedule, input [z_t ; z_img], z_0 = 0.18215·E(clean), z_img = E(degraded) unscaled, context = last_hidden_state of the TRUE category's prompt; 5 % null text, 5 % zero image latent, 5 % both (for CFG); 25 % zero-signal t = 999 samples (pure-noise input, the sampler's first step; in this run only in the last 6 minutes); 16×16 latent crops, batch 16 | {st['air']['steps']} | {minutes['air']:.1f} |
 | biqavis | text tower frozen (AIR's context); the vision tower re-trained from a fresh init (patch {vision_cfg['patch_size']}) with a frequency-weighted DCT patch embedding (`--biqavis-reinit 1`), same losses{bp_txt} | {st.get('biqavis', {}).get('steps', 0)} | {minutes.get('biqavis', 0):.1f} |
 {extra_rows}| scmpre | SCM on [degraded, degraded] → clean, L1, 64×64 crops, batch 8 (optional; not run when 0 steps) | {st.get('scmpre', {}).get('steps', 0)} | {minutes.get('scmpre', 0):.1f} |
-| scm | continues scmpre (or starts from scratch) on [degraded, AIR output] → clean (75 %) / [degraded, degraded] (25 %){"; " + info["scm_continuation"] if info.get("scm_continuation") else ""}; AIR outputs cached for {asamp.get('n', '?')} pool pairs ({asamp.get('steps', '?')} Euler-ancestral steps, BIQA context, {asamp.get('seconds', 0) / 60:.1f} min) | {st.get('scm', {}).get('steps', 0)} | {minutes.get('scm', 0):.1f} |
+| scm | continues scmpre (or starts from scratch) on [degraded, AIR output] → clean (75 %) / [degraded, degraded] (25 %){"; " + info["scm_continuation"] if info.get("scm_continuation") else ""}; AIR outputs cached for {asamp.get('n', '?')} pool pairs ({asamp.get('steps', '?')} Euler-ancestral steps, BIQA context, {asamp.get('seconds', 0) / 60:.1f} min){f"; fourth run: {info['airpool']['n']} more pairs made from all training pictures with their AIR outputs (airpool stage), and global-tone examples (--scm-tone-frac): see the notes" if info.get("airpool") else ""} | {st.get('scm', {}).get('steps', 0)} | {minutes.get('scm', 0):.1f} |
 
 Total {total_min:.0f} minutes of stage time (vae ∥ biqa and air ∥ biqavis ran as two single-thread
 processes side by side, on a 2-core machine shared with other jobs: step rates varied).

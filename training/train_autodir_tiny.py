@@ -64,6 +64,14 @@ Stages (each resumable; per-stage checkpoints in <cache>/autodir-tiny/, default
            crops. (The first two runs: 75 % / 25 % / 0 %; the third run continued with 50 / 30 / 20 %.)
   biqano   continues biqavis with --biqano-frac of the "no" examples replaced by restored pool images
            (the pipeline's output after one pass: the loop should stop on them). 0 minutes by default.
+  airpool  (fourth run) --air-pool-size fresh pairs from all training pictures with their AIR outputs
+           (BIQA context) and, for every third, an AIR output under a wrong context; the scm stage adds
+           them to its data with --scm-airpool 1 (see stage_airpool: the SCM had over-fitted the 700
+           airsamples pictures and smoothed held-out texture away).
+  biqastream (fourth run) continues a finished BIQA phase (--biqastream-from, default biqano), text tower
+           frozen, on pairs made on the fly from all training pictures (no pair seen twice: the pooled
+           towers had fitted their pools and stalled on validation), with --biqano-frac of the "no"
+           examples restored images as in biqano.
   export   models/autodir-tiny (F16 tensors), model_index.json, MODEL_CARD.md skeleton (the validation
            table is filled by `python -m training.evaluate --write-card`).
 
@@ -117,14 +125,14 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 TOKENIZER_DIR = os.path.join(REPO, "Tests", "EngineTests", "Fixtures", "tokenizer")
 
-STAGES = ["pool", "vae", "biqa", "air", "biqapool", "biqavis", "scmpre", "airsamples", "airwrong", "scm", "biqano",
-          "export"]
+STAGES = ["pool", "vae", "biqa", "air", "biqapool", "biqavis", "scmpre", "airsamples", "airwrong", "airpool", "scm",
+          "biqano", "biqastream", "export"]
 # torch seeds are derived from this order (the first two runs' stages keep their seeds)
 SEED_ORDER = ["pool", "vae", "biqa", "air", "biqavis", "scmpre", "airsamples", "scm", "export", "biqapool", "biqano",
-              "airwrong"]
-TRAINED = ["vae", "biqa", "air", "biqavis", "scmpre", "scm", "biqano"]
+              "airwrong", "airpool", "biqastream"]
+TRAINED = ["vae", "biqa", "air", "biqavis", "scmpre", "scm", "biqano", "biqastream"]
 DEFAULT_MINUTES = {"vae": 40.0, "biqa": 25.0, "air": 70.0, "biqavis": 35.0, "scmpre": 30.0, "scm": 30.0,
-                   "biqano": 0.0}
+                   "biqano": 0.0, "biqastream": 0.0}
 
 VAE_CONFIG = dict(in_channels=3, out_channels=3, block_out_channels=(16, 32, 64, 64),
                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -544,7 +552,7 @@ def load_final(ctx: Ctx, name: str):
     ck = load_ckpt(ctx.path(f"{name}_final.pt"))
     if ck is None:
         raise SystemExit(f"stage {name!r} has not finished ({ctx.path(name + '_final.pt')} missing)")
-    maker = {"vae": make_vae, "biqa": make_clip, "biqavis": make_clip, "biqano": make_clip,
+    maker = {"vae": make_vae, "biqa": make_clip, "biqavis": make_clip, "biqano": make_clip, "biqastream": make_clip,
              "air": make_unet, "scm": make_scm, "scmpre": make_scm}[name]
     m = maker(ck["vision_patch"]) if name.startswith("biqa") and ck.get("vision_patch") else maker()
     m.load_state_dict(ck["model"])
@@ -596,28 +604,49 @@ def restored_pool(ctx: Ctx) -> np.ndarray:
     return out
 
 
-def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False) -> None:
+def fresh_pair(sampler: PatchSampler, rng: np.random.Generator, k: int):
+    """(clean, degraded) uint8 224x224x3 of category index k, made now: a crop of sampler (the texture
+    rule for blur, low resolution and raindrop) degraded by training/degradations.py."""
+    c = sampler.sample(rng, min_texture=degradations.min_texture(CATEGORIES[k]))
+    d, _ = degradations.degrade(c, CATEGORIES[k], rng)
+    return (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8), (np.clip(d, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False, stream: bool = False) -> None:
     """biqa, biqavis (vision_only) or biqano (vision_only and restored: continues biqavis, with a
-    fraction --biqano-frac of the "no" examples replaced by restored_pool images)."""
-    name = "biqano" if restored else "biqavis" if vision_only else "biqa"
+    fraction --biqano-frac of the "no" examples replaced by restored_pool images), or biqastream (stream,
+    fourth run: continues --biqastream-from with every training pair made on the fly by fresh_pair from
+    all training pictures, so no pair is seen twice; --biqano-frac of its "no" examples are restored
+    images as in biqano)."""
+    name = "biqastream" if stream else "biqano" if restored else "biqavis" if vision_only else "biqa"
+    if stream:
+        vision_only, restored = True, True
     rest_frac = ctx.a.biqano_frac if restored else ctx.a.biqavis_restored_frac if vision_only else 0.0
     rest = restored_pool(ctx) if rest_frac > 0 else None
-    if vision_only and ctx.a.biqa_pool_size > 0:
+    sampler = None
+    if stream:
+        ds = PhotoSet("train", ctx.cache, log=log)
+        sampler = PatchSampler(ds.images, patch=224, min_scale=1.0, max_scale=4.0, augment=True)
+        clean = deg = labels = None
+        log(f"{name}: pairs made on the fly from {len(ds)} training pictures")
+    elif vision_only and ctx.a.biqa_pool_size > 0:
         clean, deg, labels = load_biqapool(ctx)
     else:
         clean, deg, labels = load_pool(ctx)
-    n = len(clean)
-    log(f"{name}: {n} training pairs")
+    if clean is not None:
+        n = len(clean)
+        log(f"{name}: {n} training pairs")
     patch = ctx.a.biqavis_patch if vision_only else None
     clip = make_clip(patch)
     tok = tokenizer()
     enc, _ = prompt_tokens(tok)
     if restored:
-        if not os.path.exists(ctx.path("biqano.pt")):
-            bv = load_ckpt(ctx.path("biqavis_final.pt"))
+        if not os.path.exists(ctx.path(f"{name}.pt")):
+            src = ctx.a.biqastream_from if stream else "biqavis"
+            bv = load_ckpt(ctx.path(f"{src}_final.pt"))
             clip = make_clip(bv.get("vision_patch"))
             clip.load_state_dict(bv["model"])
-            log("biqano: initialised from biqavis")
+            log(f"{name}: initialised from {src}")
         else:
             clip = make_clip(patch)
         for p_ in clip.text_model.parameters():
@@ -638,7 +667,8 @@ def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False) -> N
         # the text tower's last_hidden_state is AIR's context: it must not move any more
         for p_ in clip.text_model.parameters():
             p_.requires_grad_(False)
-    lr = ctx.a.biqano_lr if restored else ctx.a.biqavis_lr if vision_only else ctx.a.biqa_lr
+    lr = (ctx.a.biqastream_lr if stream else ctx.a.biqano_lr if restored else ctx.a.biqavis_lr if vision_only
+          else ctx.a.biqa_lr)
     tr = Trainer(ctx, name, clip, lr=lr, weight_decay=0.01)
     vc, vd, vl = val_pairs(ctx, n_per=ctx.a.val_per_class)
     vx = clip_pixels(u8_to_pm1(vd))
@@ -646,20 +676,27 @@ def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False) -> N
     no = CATEGORIES.index("no")
 
     def step_fn(step):
-        rng = np.random.default_rng([ctx.seed, 8 if restored else 6 if vision_only else 2, step])
-        idx = rng.integers(0, n, bs)
+        rng = np.random.default_rng([ctx.seed, 10 if stream else 8 if restored else 6 if vision_only else 2, step])
+        if stream:
+            lab = rng.integers(0, len(CATEGORIES), bs)
+            pairs = [fresh_pair(sampler, rng, int(k_)) for k_ in lab]
+            d = np.stack([p_[1] for p_ in pairs])
+            c = np.stack([p_[0] for p_ in pairs[:bs // 2]])
+        else:
+            idx = rng.integers(0, n, bs)
+            lab = labels[idx]
+            d, c = deg[idx], clean[idx[:bs // 2]]
         k = int(rng.integers(0, 4))
         fl = rng.random() < 0.5
-        d, c = deg[idx], clean[idx[:bs // 2]]
         if rest is not None:
-            swap = (labels[idx] == no) & (rng.random(bs) < rest_frac)
+            swap = (lab == no) & (rng.random(bs) < rest_frac)
             if swap.any():
                 d = d.copy()
                 d[swap] = rest[rng.integers(0, len(rest), int(swap.sum()))]
         if fl:
             d, c = d[:, :, ::-1], c[:, :, ::-1]
         d, c = np.rot90(d, k, axes=(1, 2)), np.rot90(c, k, axes=(1, 2))
-        y = torch.from_numpy(labels[idx])
+        y = torch.from_numpy(lab)
         x = clip_pixels(u8_to_pm1(np.concatenate([d, c])))
         logits, cos = clip_scores(clip, x, enc)
         ce = F.cross_entropy(logits[:bs], y)
@@ -739,7 +776,7 @@ def load_biqa(ctx: Ctx):
     later one that has finished) when it validates at least as well as biqa, else biqa."""
     if ctx.a.biqa_final != "auto":
         return load_final(ctx, ctx.a.biqa_final)
-    for late in ("biqano", "biqavis"):
+    for late in ("biqastream", "biqano", "biqavis"):
         if os.path.exists(ctx.path(f"{late}_final.pt")):
             v = load_ckpt(ctx.path(f"{late}_final.pt"))["val"]["top1"]
             b = load_ckpt(ctx.path("biqa_final.pt"))["val"]["top1"]
@@ -1001,6 +1038,85 @@ def stage_airwrong(ctx: Ctx) -> None:
     log(f"airwrong: {len(idx)} AIR outputs under wrong contexts in {time.time() - t0:.0f} s")
 
 
+AIRPOOL_CHUNK = 96
+TONE_KINDS = [CATEGORIES.index("underexposure"), CATEGORIES.index("haze")]
+
+
+def airpool_dir(ctx: Ctx) -> str:
+    return ctx.path(f"airpool_s{ctx.seed}")
+
+
+def stage_airpool(ctx: Ctx) -> None:
+    """More SCM training data (fourth run): the SCM had seen only the 700 airsamples pictures' crops and
+    over-smoothed held-out texture ([clean, clean] -> 26-33 dB on the validation crops, 43.6 dB on its own).
+    --air-pool-size fresh pairs from ALL training pictures (fresh_pair, regions 224-672 px; the texture rule
+    for blur, low resolution and raindrop, and for half of the other kinds' crops too), category i % 8,
+    rng (seed, 5151, i); each run through BIQA + AIR as airsamples does (the pipeline's first pass), and
+    every third one also through AIR under a wrong context as airwrong does. Chunks of AIRPOOL_CHUNK
+    pairs (resumable); the SCM stage uses every finished chunk when --scm-airpool 1."""
+    d = airpool_dir(ctx)
+    os.makedirs(d, exist_ok=True)
+    vae, _ = load_final(ctx, "vae")
+    clip, _ = load_biqa(ctx)
+    unet, _ = load_final(ctx, "air")
+    ref = reference_from_parts(vae, clip, unet)
+    ds = PhotoSet("train", ctx.cache, log=log)
+    sampler = PatchSampler(ds.images, patch=224, min_scale=1.0, max_scale=3.0, augment=True)
+    lr = CATEGORIES.index("low resolution")
+    n = ctx.a.air_pool_size
+    t0 = time.time()
+    for c0 in range(0, n, AIRPOOL_CHUNK):
+        path = os.path.join(d, f"chunk_{c0 // AIRPOOL_CHUNK:04d}.npz")
+        if os.path.exists(path):
+            continue
+        m = min(AIRPOOL_CHUNK, n - c0)
+        clean = np.zeros((m, 224, 224, 3), np.uint8)
+        deg = np.zeros_like(clean)
+        labels = np.zeros(m, np.int64)
+        wrong = np.full(m, -1, np.int64)
+        for j in range(m):
+            i = c0 + j
+            rng = np.random.default_rng([ctx.seed, 5151, i])
+            k = i % len(CATEGORIES)
+            mt = degradations.min_texture(CATEGORIES[k]) or (degradations.MIN_TEXTURE if rng.random() < 0.5 else 0.0)
+            c = sampler.sample(rng, min_texture=mt)
+            dg, _ = degradations.degrade(c, CATEGORIES[k], rng)
+            clean[j] = (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)
+            deg[j] = (np.clip(dg, 0, 1) * 255 + 0.5).astype(np.uint8)
+            labels[j] = k
+            if i % 3 == 0:
+                opts = [q for q in range(len(CATEGORIES) - 1) if q != k and q != lr]
+                wrong[j] = opts[int(rng.integers(0, len(opts)))]
+        air = np.zeros_like(clean)
+        air_wrong = np.zeros_like(clean)
+        for s in range(0, m, 8):
+            x = u8_to_pm1(deg[s:s + 8])
+            _, cx = biqa_contexts(ref, x)
+            a = air_batch_sample(ref, x, cx, ctx.a.air_sample_steps, seed=ctx.seed * 100000 + 70000 + c0 + s)
+            air[s:s + 8] = ((a.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            w = np.nonzero(wrong[s:s + 8] >= 0)[0]
+            if len(w):
+                cw = ref.prompt_states[torch.from_numpy(wrong[s:s + 8][w])]
+                a = air_batch_sample(ref, x[w], cw, ctx.a.air_sample_steps, seed=ctx.seed * 100000 + 90000 + c0 + s)
+                air_wrong[s + w] = ((a.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, clean=clean, deg=deg, labels=labels, air=air, wrong=wrong, air_wrong=air_wrong)
+        os.replace(tmp, path)
+        log(f"airpool: chunk {c0 // AIRPOOL_CHUNK} ({c0 + m}/{n}, {time.time() - t0:.0f} s)")
+
+
+def load_airpool(ctx: Ctx):
+    """Every finished airpool chunk, concatenated (a dict of arrays), or None."""
+    d = airpool_dir(ctx)
+    if not os.path.isdir(d):
+        return None
+    parts = [np.load(os.path.join(d, f)) for f in sorted(os.listdir(d)) if f.startswith("chunk_") and
+             f.endswith(".npz") and ".tmp" not in f]
+    if not parts:
+        return None
+    return {k: np.concatenate([p_[k] for p_ in parts]) for k in ("clean", "deg", "labels", "air", "wrong", "air_wrong")}
+
+
 # ----------------------------------------------------------------------------------------------
 # SCM
 
@@ -1025,6 +1141,26 @@ def stage_scm(ctx: Ctx, pre: bool) -> None:
             raise SystemExit("scm: run the airsamples stage first")
         air = np.concatenate(ck["air"])
         cand = np.array(ck["idx"])
+    wk = load_ckpt(ctx.path("air_wrong.pt")) if (not pre and ctx.a.scm_wrong_frac > 0) else None
+    if not pre and ctx.a.scm_wrong_frac > 0 and (wk is None or not wk.get("done")):
+        raise SystemExit("scm: --scm-wrong-frac needs the airwrong stage first")
+    if wk is not None:  # [degraded, clean, AIR output under a wrong context] arrays
+        wdeg, wclean, wair = deg[wk["idx"]], clean[wk["idx"]], wk["air"]
+    apool = load_airpool(ctx) if (not pre and ctx.a.scm_airpool) else None
+    if apool is not None:
+        # the fourth run: the airpool's fresh pairs join the airsamples pairs (and their wrong-context outputs)
+        deg = np.concatenate([deg[cand], apool["deg"]])
+        clean = np.concatenate([clean[cand], apool["clean"]])
+        labels = np.concatenate([labels[cand], apool["labels"]])
+        air = np.concatenate([air, apool["air"]])
+        cand = np.arange(len(deg))
+        w = apool["wrong"] >= 0
+        if wk is not None:
+            wdeg = np.concatenate([wdeg, apool["deg"][w]])
+            wclean = np.concatenate([wclean, apool["clean"][w]])
+            wair = np.concatenate([wair, apool["air_wrong"][w]])
+        log(f"scm: {len(apool['deg'])} airpool pairs ({int(w.sum())} with a wrong-context output) added: "
+            f"{len(cand)} pairs")
     bs, ps = ctx.a.scm_batch, ctx.a.scm_patch
     # validation: held-out pairs of the pool candidates are not used; report training-distribution loss
     # on a fixed batch (the real validation is training/evaluate.py)
@@ -1038,10 +1174,19 @@ def stage_scm(ctx: Ctx, pre: bool) -> None:
         i = cand[j]
         arrs = [deg[i], clean[i]] + ([air[j]] if air is not None else [])
         crops = crop_batch(rng, arrs, ps)
-        d, c = u8_to_pm1(crops[0]), u8_to_pm1(crops[1])
         if mode is None:
             r = rng.random(b)
             mode = np.where(r < ctx.a.scm_clean_frac, 2, np.where(r < ctx.a.scm_clean_frac + ctx.a.scm_self_frac, 1, 0))
+            if ctx.a.scm_tone_frac > 0:
+                # fourth run: a dark or pale picture is not necessarily underexposed or hazy; only the AIR
+                # output can say so. No SCM-alone examples of the global-tone kinds, and some "nothing to
+                # fix" examples are such tones themselves: [t, t] -> t.
+                mode = np.where((mode == 1) & np.isin(labels[i], TONE_KINDS), 0, mode)
+                for k in np.nonzero((mode == 2) & (rng.random(b) < ctx.a.scm_tone_frac))[0]:
+                    kind = CATEGORIES[TONE_KINDS[int(rng.integers(0, len(TONE_KINDS)))]]
+                    t, _ = degradations.degrade(crops[1][k] / 255.0, kind, rng)
+                    crops[1][k] = (np.clip(t, 0, 1) * 255 + 0.5).astype(np.uint8)
+        d, c = u8_to_pm1(crops[0]), u8_to_pm1(crops[1])
         mode = torch.from_numpy(np.broadcast_to(np.asarray(mode), (b,)).copy())[:, None, None, None]
         a = u8_to_pm1(crops[2]) if air is not None else d
         a = torch.where(mode == 1, d, a)
@@ -1051,15 +1196,10 @@ def stage_scm(ctx: Ctx, pre: bool) -> None:
 
     vsets = {k: make(np.random.default_rng([ctx.seed, 55, m]), 32, m)
              for k, m in (("air", 0), ("self", 1), ("clean", 2))}
-    wk = load_ckpt(ctx.path("air_wrong.pt")) if (not pre and ctx.a.scm_wrong_frac > 0) else None
-    if not pre and ctx.a.scm_wrong_frac > 0 and (wk is None or not wk.get("done")):
-        raise SystemExit("scm: --scm-wrong-frac needs the airwrong stage first")
-
     def make_wrong(rng, b):
         """[degraded, AIR output under a wrong context] -> clean (see stage_airwrong)."""
-        j = rng.integers(0, len(wk["idx"]), b)
-        i = wk["idx"][j]
-        crops = crop_batch(rng, [deg[i], clean[i], wk["air"][j]], ps)
+        j = rng.integers(0, len(wair), b)
+        crops = crop_batch(rng, [wdeg[j], wclean[j], wair[j]], ps)
         d, c, a = (u8_to_pm1(x) for x in crops)
         return torch.cat([d, a], 1), c
 
@@ -1080,6 +1220,11 @@ def stage_scm(ctx: Ctx, pre: bool) -> None:
         tr.opt.step()
         return loss.item()
 
+    # held-out check (fourth run): 4 validation crops per category, SCM on [degraded, degraded] (the SCM-alone
+    # ablation) and on [clean, clean] (should stay the clean crop)
+    hc, hd, _ = val_pairs(ctx, n_per=4)
+    hc, hd = u8_to_pm1(hc), u8_to_pm1(hd)
+
     @torch.no_grad()
     def eval_fn():
         r = {}
@@ -1088,6 +1233,10 @@ def stage_scm(ctx: Ctx, pre: bool) -> None:
             r[f"{k}_in"] = round(psnr_pm1(vx[:, 3:], vy), 3)
             r[f"{k}_out"] = round(psnr_pm1(out, vy), 3)
         r["psnr_in"], r["psnr_out"] = r["air_in"], r["air_out"]
+        for k, x in (("val_self", hd), ("val_clean", hc)):
+            out = torch.cat([scm(torch.cat([x[i:i + 8], x[i:i + 8]], 1)) for i in range(0, len(x), 8)])
+            r[k] = round(psnr_pm1(out, hc), 3)
+        r["val_in"] = round(psnr_pm1(hd, hc), 3)
         return r
 
     if tr.state["elapsed"] < tr.budget:
@@ -1154,10 +1303,10 @@ def stage_export(ctx: Ctx) -> None:
     for name, ck in (("air", ack), (scm_name, sck)):
         info["stages"][name] = rec(ck)
     # every BIQA phase that has run (the exported one: biqa_used)
-    for name in ("vae", "biqa", "biqavis", "biqano"):
+    for name in ("vae", "biqa", "biqavis", "biqano", "biqastream"):
         if os.path.exists(ctx.path(f"{name}_final.pt")):
             info["stages"][name] = rec(load_ckpt(ctx.path(f"{name}_final.pt")))
-    info["biqa_used"] = next(n for n in ("biqano", "biqavis", "biqa")
+    info["biqa_used"] = next(n for n in ("biqastream", "biqano", "biqavis", "biqa")
                              if n in info["stages"] and info["stages"][n]["steps"] == bck["step"]
                              and abs(info["stages"][n]["minutes"] - bck["elapsed"] / 60) < 1e-6)
     if scm_name == "scm":
@@ -1172,6 +1321,10 @@ def stage_export(ctx: Ctx) -> None:
         info["scm_continuation"] = ("later continued with [clean, clean] → clean (--scm-clean-frac), more "
                                     "[degraded, degraded] (--scm-self-frac) and AIR outputs under a wrong context "
                                     "(--scm-wrong-frac, airwrong stage) mixed in: see the notes")
+    apool = os.path.join(airpool_dir(ctx), "chunk_0000.npz")
+    if ctx.a.scm_airpool and os.path.exists(apool):
+        info["airpool"] = {"n": sum(len(np.load(os.path.join(airpool_dir(ctx), f))["labels"])
+                                    for f in os.listdir(airpool_dir(ctx)) if f.startswith("chunk_") and ".tmp" not in f)}
     asamp = load_ckpt(ctx.path("air_samples.pt"))
     if asamp is not None:
         info["airsamples"] = {"n": len(asamp["idx"]), "seconds": asamp["seconds"], "steps": asamp["key"]["steps"]}
@@ -1199,6 +1352,7 @@ def run_stage(ctx: Ctx, stage: str) -> None:
     torch.manual_seed(ctx.seed + SEED_ORDER.index(stage))
     {"pool": stage_pool, "biqapool": stage_biqapool, "vae": stage_vae, "biqa": stage_biqa, "air": stage_air,
      "biqavis": lambda c: stage_biqa(c, True), "biqano": lambda c: stage_biqa(c, True, restored=True),
+     "biqastream": lambda c: stage_biqa(c, stream=True), "airpool": stage_airpool,
      "scmpre": lambda c: stage_scm(c, True), "airsamples": stage_airsamples,
      "airwrong": stage_airwrong, "scm": lambda c: stage_scm(c, False), "export": stage_export}[stage](ctx)
     log(f"=== stage {stage} done in {(time.time() - t0) / 60:.1f} min")
@@ -1235,13 +1389,16 @@ def main(argv=None) -> None:
     ap.add_argument("--biqa-pool-size", type=int, default=12000,
                     help="pairs in biqavis's own pool (0: biqavis uses the shared pool)")
     ap.add_argument("--biqapool-part", default="0/1", help="K/N: this process makes chunks c %% N == K")
-    ap.add_argument("--biqa-final", default="auto", choices=["auto", "biqa", "biqavis", "biqano"],
+    ap.add_argument("--biqa-final", default="auto", choices=["auto", "biqa", "biqavis", "biqano", "biqastream"],
                     help="the BIQA used downstream (airsamples, export)")
     ap.add_argument("--biqavis-restored-frac", type=float, default=0.0,
                     help='biqavis: fraction of the "no" examples replaced by restored pool images (see restored_pool)')
     ap.add_argument("--biqano-frac", type=float, default=0.5,
                     help='biqano: fraction of the "no" examples replaced by restored pool images')
     ap.add_argument("--biqano-lr", type=float, default=2e-4)
+    ap.add_argument("--biqastream-from", default="biqano", choices=["biqavis", "biqano"],
+                    help="the finished BIQA phase biqastream starts from")
+    ap.add_argument("--biqastream-lr", type=float, default=3e-4)
     ap.add_argument("--biqavis-reinit", type=int, default=1,
                     help="1: biqavis starts a fresh vision tower with a DCT patch embedding; 0: continues biqa's")
     ap.add_argument("--air-batch", type=int, default=16)
@@ -1257,6 +1414,12 @@ def main(argv=None) -> None:
     ap.add_argument("--scm-wrong-frac", type=float, default=0.0,
                     help="fraction of SCM samples on [degraded, AIR output under a wrong context] (airwrong)")
     ap.add_argument("--scm-wrong-pool", type=int, default=480, help="pool pairs with wrong-context AIR outputs")
+    ap.add_argument("--air-pool-size", type=int, default=3600, help="airpool: fresh pairs with AIR outputs")
+    ap.add_argument("--scm-airpool", type=int, default=0,
+                    help="1: the SCM also trains on the airpool pairs (and their wrong-context outputs)")
+    ap.add_argument("--scm-tone-frac", type=float, default=0.0,
+                    help="fraction of the [clean, clean] samples made underexposed or hazy as a whole "
+                         "([t, t] -> t), and no SCM-alone samples of those kinds (see stage_scm.make)")
     ap.add_argument("--scm-clean-frac", type=float, default=0.0,
                     help="fraction of SCM samples on [clean, clean] -> clean (nothing to correct)")
     a = ap.parse_args(argv)
