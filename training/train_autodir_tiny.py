@@ -66,12 +66,13 @@ Stages (each resumable; per-stage checkpoints in <cache>/autodir-tiny/, default
            (the pipeline's output after one pass: the loop should stop on them). 0 minutes by default.
   airpool  (fourth run) --air-pool-size fresh pairs from all training pictures with their AIR outputs
            (BIQA context) and, for every third, an AIR output under a wrong context; the scm stage adds
-           them to its data with --scm-airpool 1 (see stage_airpool: the SCM had over-fitted the 700
-           airsamples pictures and smoothed held-out texture away).
+           them to its data with --scm-airpool 1 (see stage_airpool: the SCM had seen only the 700
+           airsamples pictures and re-toned dark or pale held-out pictures as a whole). Skipped without
+           --scm-airpool 1.
   biqastream (fourth run) continues a finished BIQA phase (--biqastream-from, default biqano), text tower
            frozen, on pairs made on the fly from all training pictures (no pair seen twice: the pooled
            towers had fitted their pools and stalled on validation), with --biqano-frac of the "no"
-           examples restored images as in biqano.
+           examples restored images as in biqano. Skipped at 0 minutes (the default).
   export   models/autodir-tiny (F16 tensors), model_index.json, MODEL_CARD.md skeleton (the validation
            table is filled by `python -m training.evaluate --write-card`).
 
@@ -88,7 +89,7 @@ thread per process by default.
 
 Usage (repository root):
     nohup /work/venv/bin/python -m training.train_autodir_tiny --jobs 2 > /tmp/autodir_tiny.log 2>&1 &
-          # --jobs 2: vae || biqa, then air || (biqapool, biqavis, scmpre), then airsamples, scm, biqano, export
+          # --jobs 2: vae || biqa, then air || (biqapool, biqavis, scmpre), then airsamples, airpool, scm, biqano, biqastream, export
     /work/venv/bin/python -m training.train_autodir_tiny                   # everything in one process
     /work/venv/bin/python -m training.train_autodir_tiny --stages biqa --minutes-per-stage biqa=30
     /work/venv/bin/python -m training.train_autodir_tiny --stages export
@@ -620,6 +621,9 @@ def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False, stre
     images as in biqano)."""
     name = "biqastream" if stream else "biqano" if restored else "biqavis" if vision_only else "biqa"
     if stream:
+        if ctx.minutes[name] <= 0:
+            log("biqastream: 0 minutes, skipped")
+            return
         vision_only, restored = True, True
     rest_frac = ctx.a.biqano_frac if restored else ctx.a.biqavis_restored_frac if vision_only else 0.0
     rest = restored_pool(ctx) if rest_frac > 0 else None
@@ -1048,12 +1052,16 @@ def airpool_dir(ctx: Ctx) -> str:
 
 def stage_airpool(ctx: Ctx) -> None:
     """More SCM training data (fourth run): the SCM had seen only the 700 airsamples pictures' crops and
-    over-smoothed held-out texture ([clean, clean] -> 26-33 dB on the validation crops, 43.6 dB on its own).
-    --air-pool-size fresh pairs from ALL training pictures (fresh_pair, regions 224-672 px; the texture rule
+    re-toned dark or pale held-out pictures as a whole ([clean, clean] -> 26-33 dB on the validation crops,
+    43.6 dB on its own batches; see the model card notes).
+    --air-pool-size fresh pairs from ALL training pictures (made like fresh_pair, regions 224-672 px; the texture rule
     for blur, low resolution and raindrop, and for half of the other kinds' crops too), category i % 8,
     rng (seed, 5151, i); each run through BIQA + AIR as airsamples does (the pipeline's first pass), and
     every third one also through AIR under a wrong context as airwrong does. Chunks of AIRPOOL_CHUNK
     pairs (resumable); the SCM stage uses every finished chunk when --scm-airpool 1."""
+    if not ctx.a.scm_airpool:
+        log("airpool: skipped (only used with --scm-airpool 1)")
+        return
     d = airpool_dir(ctx)
     os.makedirs(d, exist_ok=True)
     vae, _ = load_final(ctx, "vae")
@@ -1452,7 +1460,7 @@ def main(argv=None) -> None:
             clean.append(x)
         # each group: stage sequences run side by side as subprocesses (each re-reads this file)
         groups = [[["pool"]], [["vae"], ["biqa"]], [["air"], ["biqapool", "biqavis", "scmpre"]],
-                  [["airsamples", "scm", "biqano", "export"]]]
+                  [["airsamples", "airpool", "scm", "biqano", "biqastream", "export"]]]
         for g in groups:
             g = [[s for s in seq if s in stages] for seq in g]
             g = [seq for seq in g if seq]
