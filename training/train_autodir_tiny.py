@@ -191,6 +191,11 @@ def u8_to_pm1(a: np.ndarray) -> torch.Tensor:
     return t / 127.5 - 1.0
 
 
+def pm1_to_u8(x: torch.Tensor) -> np.ndarray:
+    """float N x 3 x H x W in [-1, 1] -> uint8 N x H x W x 3 (clamped, rounded): the inverse of u8_to_pm1."""
+    return ((x.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def clip_pixels(x_pm1: torch.Tensor, size: int = 224) -> torch.Tensor:
     """[-1,1] N x 3 x H x W (H, W >= size) -> CLIP pixel_values of the centre size x size crop."""
     h, w = x_pm1.shape[2:]
@@ -600,15 +605,17 @@ def restored_pool(ctx: Ctx) -> np.ndarray:
             d, a = u8_to_pm1(deg[idx[s:s + 8]]), u8_to_pm1(air[s:s + 8])
             y = scm(torch.cat([d, a], 1))
             y = torch.where(torch.from_numpy(labels[idx[s:s + 8]] == lr)[:, None, None, None], a, y)
-            out[s:s + 8] = ((y.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            out[s:s + 8] = pm1_to_u8(y)
     log(f"restored_pool: {len(out)} restored pool images")
     return out
 
 
-def fresh_pair(sampler: PatchSampler, rng: np.random.Generator, k: int):
+def fresh_pair(sampler: PatchSampler, rng: np.random.Generator, k: int, min_texture: float | None = None):
     """(clean, degraded) uint8 224x224x3 of category index k, made now: a crop of sampler (the texture
-    rule for blur, low resolution and raindrop) degraded by training/degradations.py."""
-    c = sampler.sample(rng, min_texture=degradations.min_texture(CATEGORIES[k]))
+    rule for blur, low resolution and raindrop, or min_texture) degraded by training/degradations.py."""
+    if min_texture is None:
+        min_texture = degradations.min_texture(CATEGORIES[k])
+    c = sampler.sample(rng, min_texture=min_texture)
     d, _ = degradations.degrade(c, CATEGORIES[k], rng)
     return (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8), (np.clip(d, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -984,7 +991,7 @@ def stage_airsamples(ctx: Ctx) -> None:
         x = u8_to_pm1(deg[b])
         _, c = biqa_contexts(ref, x)
         air = air_batch_sample(ref, x, c, ctx.a.air_sample_steps, seed=ctx.seed * 100000 + s)
-        ck["air"].append(((air.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        ck["air"].append(pm1_to_u8(air))
         ck["idx"].extend(int(i) for i in b)
         if time.time() - last > 60:
             ck["seconds"] += time.time() - t0
@@ -1036,7 +1043,7 @@ def stage_airwrong(ctx: Ctx) -> None:
         x = u8_to_pm1(deg[idx[s:s + 8]])
         c = ref.prompt_states[torch.from_numpy(wrong[s:s + 8])]
         air = air_batch_sample(ref, x, c, ctx.a.air_sample_steps, seed=ctx.seed * 100000 + 50000 + s)
-        out.append(((air.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        out.append(pm1_to_u8(air))
     save_atomic(p, {"key": key, "idx": idx, "wrong": wrong, "air": np.concatenate(out), "done": True,
                     "seconds": time.time() - t0})
     log(f"airwrong: {len(idx)} AIR outputs under wrong contexts in {time.time() - t0:.0f} s")
@@ -1054,7 +1061,7 @@ def stage_airpool(ctx: Ctx) -> None:
     """More SCM training data (fourth run): the SCM had seen only the 700 airsamples pictures' crops and
     re-toned dark or pale held-out pictures as a whole ([clean, clean] -> 26-33 dB on the validation crops,
     43.6 dB on its own batches; see the model card notes).
-    --air-pool-size fresh pairs from ALL training pictures (made like fresh_pair, regions 224-672 px; the texture rule
+    --air-pool-size fresh pairs from ALL training pictures (fresh_pair, regions 224-672 px; the texture rule
     for blur, low resolution and raindrop, and for half of the other kinds' crops too), category i % 8,
     rng (seed, 5151, i); each run through BIQA + AIR as airsamples does (the pipeline's first pass), and
     every third one also through AIR under a wrong context as airwrong does. Chunks of AIRPOOL_CHUNK
@@ -1087,10 +1094,7 @@ def stage_airpool(ctx: Ctx) -> None:
             rng = np.random.default_rng([ctx.seed, 5151, i])
             k = i % len(CATEGORIES)
             mt = degradations.min_texture(CATEGORIES[k]) or (degradations.MIN_TEXTURE if rng.random() < 0.5 else 0.0)
-            c = sampler.sample(rng, min_texture=mt)
-            dg, _ = degradations.degrade(c, CATEGORIES[k], rng)
-            clean[j] = (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)
-            deg[j] = (np.clip(dg, 0, 1) * 255 + 0.5).astype(np.uint8)
+            clean[j], deg[j] = fresh_pair(sampler, rng, k, min_texture=mt)
             labels[j] = k
             if i % 3 == 0:
                 opts = [q for q in range(len(CATEGORIES) - 1) if q != k and q != lr]
@@ -1101,12 +1105,12 @@ def stage_airpool(ctx: Ctx) -> None:
             x = u8_to_pm1(deg[s:s + 8])
             _, cx = biqa_contexts(ref, x)
             a = air_batch_sample(ref, x, cx, ctx.a.air_sample_steps, seed=ctx.seed * 100000 + 70000 + c0 + s)
-            air[s:s + 8] = ((a.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            air[s:s + 8] = pm1_to_u8(a)
             w = np.nonzero(wrong[s:s + 8] >= 0)[0]
             if len(w):
                 cw = ref.prompt_states[torch.from_numpy(wrong[s:s + 8][w])]
                 a = air_batch_sample(ref, x[w], cw, ctx.a.air_sample_steps, seed=ctx.seed * 100000 + 90000 + c0 + s)
-                air_wrong[s + w] = ((a.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+                air_wrong[s + w] = pm1_to_u8(a)
         tmp = path + ".tmp.npz"
         np.savez(tmp, clean=clean, deg=deg, labels=labels, air=air, wrong=wrong, air_wrong=air_wrong)
         os.replace(tmp, path)
