@@ -610,12 +610,30 @@ def restored_pool(ctx: Ctx) -> np.ndarray:
     return out
 
 
-def fresh_pair(sampler: PatchSampler, rng: np.random.Generator, k: int, min_texture: float | None = None):
+def photometric_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A clean H x W x 3 crop in [0, 1] with its tone varied as photographs vary (fifth run; BIQA only):
+    gamma ~ logU(0.85, 1.18), contrast about the mean ~ U(0.85, 1.15), brightness ~ U(-0.05, 0.05),
+    saturation ~ U(0.8, 1.2). Far milder than underexposure (scale <= 0.5, gamma >= 1.2) and haze (at
+    least 21 % airlight): it teaches that a pale, dark or muted picture is not a degraded one."""
+    gamma = math.exp(rng.uniform(math.log(0.85), math.log(1.18)))
+    contrast, bright, sat = rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05), rng.uniform(0.8, 1.2)
+    x = np.clip(img, 0, 1) ** gamma
+    x = (x - x.mean()) * contrast + x.mean() + bright
+    grey = x @ np.array([0.299, 0.587, 0.114])
+    x = grey[..., None] + (x - grey[..., None]) * sat
+    return np.clip(x, 0, 1)
+
+
+def fresh_pair(sampler: PatchSampler, rng: np.random.Generator, k: int, min_texture: float | None = None,
+               jitter: float = 0.0):
     """(clean, degraded) uint8 224x224x3 of category index k, made now: a crop of sampler (the texture
-    rule for blur, low resolution and raindrop, or min_texture) degraded by training/degradations.py."""
+    rule for blur, low resolution and raindrop, or min_texture), with probability `jitter` given a
+    photometric_jitter, degraded by training/degradations.py."""
     if min_texture is None:
         min_texture = degradations.min_texture(CATEGORIES[k])
     c = sampler.sample(rng, min_texture=min_texture)
+    if jitter > 0 and rng.random() < jitter:
+        c = photometric_jitter(c, rng)
     d, _ = degradations.degrade(c, CATEGORIES[k], rng)
     return (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8), (np.clip(d, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -690,7 +708,7 @@ def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False, stre
         rng = np.random.default_rng([ctx.seed, 10 if stream else 8 if restored else 6 if vision_only else 2, step])
         if stream:
             lab = rng.integers(0, len(CATEGORIES), bs)
-            pairs = [fresh_pair(sampler, rng, int(k_)) for k_ in lab]
+            pairs = [fresh_pair(sampler, rng, int(k_), jitter=ctx.a.biqa_jitter) for k_ in lab]
             d = np.stack([p_[1] for p_ in pairs])
             c = np.stack([p_[0] for p_ in pairs[:bs // 2]])
         else:
@@ -1411,6 +1429,8 @@ def main(argv=None) -> None:
     ap.add_argument("--biqastream-from", default="biqano", choices=["biqavis", "biqano"],
                     help="the finished BIQA phase biqastream starts from")
     ap.add_argument("--biqastream-lr", type=float, default=3e-4)
+    ap.add_argument("--biqa-jitter", type=float, default=0.0,
+                    help="biqastream: probability that a clean crop is given a photometric_jitter before degrading")
     ap.add_argument("--biqavis-reinit", type=int, default=1,
                     help="1: biqavis starts a fresh vision tower with a DCT patch embedding; 0: continues biqa's")
     ap.add_argument("--air-batch", type=int, default=16)
