@@ -624,6 +624,29 @@ def photometric_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, 0, 1)
 
 
+TONE_FREE = ("underexposure", "haze")  # kinds that ARE a global tone change: never given global_tone
+
+
+def global_tone(images: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random global tone change applied to each H x W x 3 image in [0, 1] of a (clean, degraded
+    [, AIR output]) group (fifth run; AIR and SCM): one of, with equal odds,
+      dark    s * img ** g,  s ~ U(0.35, 0.9), g ~ U(1.0, 1.4)
+      pale    (1 - a) img + a A,  a ~ U(0.05, 0.3), A ~ U(0.7, 1.0) (grey)
+      jitter  photometric_jitter
+    The held-out pictures include very dark and very pale ones that the training pictures lack; without
+    these examples AIR brightened a dark picture under any prompt and the SCM yellowed a pale one. Only
+    for kinds other than TONE_FREE: for the others the prompt says the tone must stay."""
+    mode = int(rng.integers(0, 3))
+    if mode == 0:
+        sc, g = rng.uniform(0.35, 0.9), rng.uniform(1.0, 1.4)
+        return [np.clip(sc * np.clip(x, 0, 1) ** g, 0, 1) for x in images]
+    if mode == 1:
+        a, air = rng.uniform(0.05, 0.3), rng.uniform(0.7, 1.0)
+        return [np.clip((1 - a) * x + a * air, 0, 1) for x in images]
+    seed = int(rng.integers(0, 2**62))
+    return [photometric_jitter(x, np.random.default_rng(seed)) for x in images]
+
+
 def fresh_pair(sampler: PatchSampler, rng: np.random.Generator, k: int, min_texture: float | None = None,
                jitter: float = 0.0):
     """(clean, degraded) uint8 224x224x3 of category index k, made now: a crop of sampler (the texture
@@ -855,6 +878,36 @@ def pool_latents(ctx: Ctx, vae, vae_step: int):
     return out["zc"], out["zd"], out["labels"]
 
 
+@torch.no_grad()
+def tone_latents(ctx: Ctx, vae, vae_step: int):
+    """Latents of --air-tone-pool pool pairs (kinds outside TONE_FREE) given a global_tone, the same one for
+    the clean and the degraded image (fifth run), cached per VAE checkpoint in pool_latents_tone.pt."""
+    p = ctx.path("pool_latents_tone.pt")
+    n = ctx.a.air_tone_pool
+    ck = load_ckpt(p)
+    if ck is not None and ck["vae_step"] == vae_step and ck["n"] == n:
+        return ck["zc"], ck["zd"], ck["labels"]
+    clean, deg, labels = load_pool(ctx)
+    keep = [i for i in range(len(labels)) if CATEGORIES[labels[i]] not in TONE_FREE][:n]
+    zc, zd = [], []
+    t0 = time.time()
+    for j in range(0, len(keep), 16):
+        c16, d16 = [], []
+        for i in keep[j:j + 16]:
+            rng = np.random.default_rng([ctx.seed, 77, i])
+            c, d = global_tone([clean[i] / 255.0, deg[i] / 255.0], rng)
+            c16.append((c * 255 + 0.5).astype(np.uint8))
+            d16.append((d * 255 + 0.5).astype(np.uint8))
+        zc.append(vae.encode(u8_to_pm1(np.stack(c16))).latent_dist.mode())
+        zd.append(vae.encode(u8_to_pm1(np.stack(d16))).latent_dist.mode())
+        if (j // 16) % 25 == 0:
+            log(f"air: encoding tone pairs {j}/{len(keep)} ({time.time() - t0:.0f} s)")
+    out = {"zc": torch.cat(zc).half(), "zd": torch.cat(zd).half(),
+           "labels": torch.from_numpy(labels[keep]), "vae_step": vae_step, "n": n}
+    save_atomic(p, out)
+    return out["zc"], out["zd"], out["labels"]
+
+
 def alphas_cumprod():
     betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
     return torch.cumprod(1 - betas, 0).float()
@@ -866,6 +919,10 @@ def stage_air(ctx: Ctx) -> None:
     tok = tokenizer()
     ps, null = text_states(clip, tok)
     zc, zd, labels = pool_latents(ctx, vae, vck["step"])
+    if ctx.a.air_tone_pool > 0:
+        tc, td, tl = tone_latents(ctx, vae, vck["step"])
+        zc, zd, labels = torch.cat([zc, tc]), torch.cat([zd, td]), torch.cat([labels, tl])
+        log(f"air: {len(tl)} tone-changed pairs added (--air-tone-pool)")
     zc, zd = zc.float() * SCALE, zd.float()
     n = len(zc)
     unet = make_unet()
@@ -1113,6 +1170,9 @@ def stage_airpool(ctx: Ctx) -> None:
             k = i % len(CATEGORIES)
             mt = degradations.min_texture(CATEGORIES[k]) or (degradations.MIN_TEXTURE if rng.random() < 0.5 else 0.0)
             clean[j], deg[j] = fresh_pair(sampler, rng, k, min_texture=mt)
+            if ctx.a.airpool_tone > 0 and CATEGORIES[k] not in TONE_FREE and rng.random() < ctx.a.airpool_tone:
+                c, d = global_tone([clean[j] / 255.0, deg[j] / 255.0], rng)
+                clean[j], deg[j] = (c * 255 + 0.5).astype(np.uint8), (d * 255 + 0.5).astype(np.uint8)
             labels[j] = k
             if i % 3 == 0:
                 opts = [q for q in range(len(CATEGORIES) - 1) if q != k and q != lr]
@@ -1438,6 +1498,10 @@ def main(argv=None) -> None:
     ap.add_argument("--air-lr", type=float, default=5e-4)
     ap.add_argument("--air-zero-snr", type=float, default=0.25,
                     help="fraction of AIR samples trained at t=999 with no signal in z_t (see stage_air)")
+    ap.add_argument("--air-tone-pool", type=int, default=0,
+                    help="AIR also trains on this many pool pairs given a global_tone (fifth run; 0: none)")
+    ap.add_argument("--airpool-tone", type=float, default=0.0,
+                    help="airpool: probability that a pair (kinds outside TONE_FREE) is given a global_tone")
     ap.add_argument("--scm-batch", type=int, default=8)
     ap.add_argument("--scm-patch", type=int, default=64)
     ap.add_argument("--scm-lr", type=float, default=1e-3)
