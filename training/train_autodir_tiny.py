@@ -73,8 +73,20 @@ Stages (each resumable; per-stage checkpoints in <cache>/autodir-tiny/, default
            frozen, on pairs made on the fly from all training pictures (no pair seen twice: the pooled
            towers had fitted their pools and stalled on validation), with --biqano-frac of the "no"
            examples restored images as in biqano. Skipped at 0 minutes (the default).
+  biqatone (fifth run) continues biqastream's final tower the same way, with the clean crop of noise, blur,
+           rain, low resolution and raindrop pairs given a global_tone (dark, pale or jitter) with probability
+           --biqa-tone and other clean crops a photometric_jitter with probability --biqa-jitter (fresh_pair).
+           Skipped at 0 minutes (the default).
   export   models/autodir-tiny (F16 tensors), model_index.json, MODEL_CARD.md skeleton (the validation
            table is filled by `python -m training.evaluate --write-card`).
+  import   (only when named in --stages) seeds the checkpoints of vae, biqa, biqastream, air and scm from an
+           exported folder (--import-from, default models/autodir-tiny), for a machine without the training
+           cache (stage_import); the stages after it continue the shipped model.
+
+AIR option (fifth run): --air-identity-frac F makes a fraction F of AIR's samples "identity" examples: the
+prompt of an artifact the image does not have (never "no") and the image's own latent as the target, no
+conditioning drop. A wrong BIQA pass (haze or underexposure on a blurred picture) cost up to 25 dB: AIR,
+having only ever seen the true prompt, removed "haze" from pictures that had none.
 
 Budgets: `--minutes-per-stage` is either one number for every training stage or
 "vae=40,biqa=25,air=70,biqavis=35,scmpre=30,scm=30" (the defaults: with --jobs 2 about 2 h 50 min in all,
@@ -127,13 +139,15 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 TOKENIZER_DIR = os.path.join(REPO, "Tests", "EngineTests", "Fixtures", "tokenizer")
 
 STAGES = ["pool", "vae", "biqa", "air", "biqapool", "biqavis", "scmpre", "airsamples", "airwrong", "airpool", "scm",
-          "biqano", "biqastream", "export"]
+          "biqano", "biqastream", "biqatone", "export"]
+# run only when named in --stages (never part of the default pipeline)
+EXTRA_STAGES = ["import"]
 # torch seeds are derived from this order (the first two runs' stages keep their seeds)
 SEED_ORDER = ["pool", "vae", "biqa", "air", "biqavis", "scmpre", "airsamples", "scm", "export", "biqapool", "biqano",
-              "airwrong", "airpool", "biqastream"]
-TRAINED = ["vae", "biqa", "air", "biqavis", "scmpre", "scm", "biqano", "biqastream"]
+              "airwrong", "airpool", "biqastream", "biqatone", "import"]
+TRAINED = ["vae", "biqa", "air", "biqavis", "scmpre", "scm", "biqano", "biqastream", "biqatone"]
 DEFAULT_MINUTES = {"vae": 40.0, "biqa": 25.0, "air": 70.0, "biqavis": 35.0, "scmpre": 30.0, "scm": 30.0,
-                   "biqano": 0.0, "biqastream": 0.0}
+                   "biqano": 0.0, "biqastream": 0.0, "biqatone": 0.0}
 
 VAE_CONFIG = dict(in_channels=3, out_channels=3, block_out_channels=(16, 32, 64, 64),
                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -171,6 +185,13 @@ def save_atomic(path: str, obj) -> None:
     tmp = path + ".tmp"
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_json(path: str):
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return None
 
 
 def load_ckpt(path: str):
@@ -559,6 +580,7 @@ def load_final(ctx: Ctx, name: str):
     if ck is None:
         raise SystemExit(f"stage {name!r} has not finished ({ctx.path(name + '_final.pt')} missing)")
     maker = {"vae": make_vae, "biqa": make_clip, "biqavis": make_clip, "biqano": make_clip, "biqastream": make_clip,
+             "biqatone": make_clip,
              "air": make_unet, "scm": make_scm, "scmpre": make_scm}[name]
     m = maker(ck["vision_patch"]) if name.startswith("biqa") and ck.get("vision_patch") else maker()
     m.load_state_dict(ck["model"])
@@ -648,29 +670,39 @@ def global_tone(images: list[np.ndarray], rng: np.random.Generator) -> list[np.n
 
 
 def fresh_pair(sampler: PatchSampler, rng: np.random.Generator, k: int, min_texture: float | None = None,
-               jitter: float = 0.0):
+               jitter: float = 0.0, tone: float = 0.0):
     """(clean, degraded) uint8 224x224x3 of category index k, made now: a crop of sampler (the texture
     rule for blur, low resolution and raindrop, or min_texture), with probability `jitter` given a
-    photometric_jitter, degraded by training/degradations.py."""
+    photometric_jitter, degraded by training/degradations.py. With probability `tone` (fifth run, BIQA),
+    a crop of a kind that is not itself a tone (TONE_FREE) nor "no" is first given a global_tone (dark,
+    pale or jittered): blur on a dark or pale picture is still blur, not underexposure or haze. "no"
+    crops only ever get the mild jitter: a strongly darkened or paled clean picture IS underexposed or
+    hazy as far as its pixels can tell."""
     if min_texture is None:
         min_texture = degradations.min_texture(CATEGORIES[k])
     c = sampler.sample(rng, min_texture=min_texture)
-    if jitter > 0 and rng.random() < jitter:
+    if tone > 0 and CATEGORIES[k] not in TONE_FREE + ("no",) and rng.random() < tone:
+        c = global_tone([c], rng)[0]
+    elif jitter > 0 and rng.random() < jitter:
         c = photometric_jitter(c, rng)
     d, _ = degradations.degrade(c, CATEGORIES[k], rng)
     return (np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8), (np.clip(d, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False, stream: bool = False) -> None:
+def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False, stream: bool = False,
+               tone: bool = False) -> None:
     """biqa, biqavis (vision_only) or biqano (vision_only and restored: continues biqavis, with a
     fraction --biqano-frac of the "no" examples replaced by restored_pool images), or biqastream (stream,
     fourth run: continues --biqastream-from with every training pair made on the fly by fresh_pair from
     all training pictures, so no pair is seen twice; --biqano-frac of its "no" examples are restored
-    images as in biqano)."""
-    name = "biqastream" if stream else "biqano" if restored else "biqavis" if vision_only else "biqa"
+    images as in biqano), or biqatone (tone, fifth run: biqastream continued from biqastream's final
+    tower with --biqa-jitter and --biqa-tone, fresh_pair's photometric augmentations; the fourth run's
+    tower read 16 of 50 held-out "no" crops and 10 blur crops as haze, 6 blur crops as underexposure)."""
+    name = "biqatone" if tone else "biqastream" if stream else "biqano" if restored else "biqavis" if vision_only else "biqa"
+    stream = stream or tone
     if stream:
         if ctx.minutes[name] <= 0:
-            log("biqastream: 0 minutes, skipped")
+            log(f"{name}: 0 minutes, skipped")
             return
         vision_only, restored = True, True
     rest_frac = ctx.a.biqano_frac if restored else ctx.a.biqavis_restored_frac if vision_only else 0.0
@@ -694,7 +726,7 @@ def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False, stre
     enc, _ = prompt_tokens(tok)
     if restored:
         if not os.path.exists(ctx.path(f"{name}.pt")):
-            src = ctx.a.biqastream_from if stream else "biqavis"
+            src = "biqastream" if tone else ctx.a.biqastream_from if stream else "biqavis"
             bv = load_ckpt(ctx.path(f"{src}_final.pt"))
             clip = make_clip(bv.get("vision_patch"))
             clip.load_state_dict(bv["model"])
@@ -719,7 +751,7 @@ def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False, stre
         # the text tower's last_hidden_state is AIR's context: it must not move any more
         for p_ in clip.text_model.parameters():
             p_.requires_grad_(False)
-    lr = (ctx.a.biqastream_lr if stream else ctx.a.biqano_lr if restored else ctx.a.biqavis_lr if vision_only
+    lr = (ctx.a.biqatone_lr if tone else ctx.a.biqastream_lr if stream else ctx.a.biqano_lr if restored else ctx.a.biqavis_lr if vision_only
           else ctx.a.biqa_lr)
     tr = Trainer(ctx, name, clip, lr=lr, weight_decay=0.01)
     vc, vd, vl = val_pairs(ctx, n_per=ctx.a.val_per_class)
@@ -728,10 +760,12 @@ def stage_biqa(ctx: Ctx, vision_only: bool = False, restored: bool = False, stre
     no = CATEGORIES.index("no")
 
     def step_fn(step):
-        rng = np.random.default_rng([ctx.seed, 10 if stream else 8 if restored else 6 if vision_only else 2, step])
+        rng = np.random.default_rng([ctx.seed, 12 if tone else 10 if stream else 8 if restored else 6 if vision_only
+                                     else 2, step])
         if stream:
             lab = rng.integers(0, len(CATEGORIES), bs)
-            pairs = [fresh_pair(sampler, rng, int(k_), jitter=ctx.a.biqa_jitter) for k_ in lab]
+            pairs = [fresh_pair(sampler, rng, int(k_), jitter=ctx.a.biqa_jitter, tone=ctx.a.biqa_tone if tone else 0.0)
+                     for k_ in lab]
             d = np.stack([p_[1] for p_ in pairs])
             c = np.stack([p_[0] for p_ in pairs[:bs // 2]])
         else:
@@ -828,7 +862,7 @@ def load_biqa(ctx: Ctx):
     later one that has finished) when it validates at least as well as biqa, else biqa."""
     if ctx.a.biqa_final != "auto":
         return load_final(ctx, ctx.a.biqa_final)
-    for late in ("biqastream", "biqano", "biqavis"):
+    for late in ("biqatone", "biqastream", "biqano", "biqavis"):
         if os.path.exists(ctx.path(f"{late}_final.pt")):
             v = load_ckpt(ctx.path(f"{late}_final.pt"))["val"]["top1"]
             b = load_ckpt(ctx.path("biqa_final.pt"))["val"]["top1"]
@@ -947,7 +981,20 @@ def stage_air(ctx: Ctx) -> None:
         g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
         eps = torch.randn(z0.shape, generator=g)
         ctxt = ps[labels[idx]]
+        if ctx.a.air_identity_frac > 0:
+            # fifth run: under the prompt of an artifact the image does not have, AIR keeps the image (the
+            # target is the input's own latent). A wrong BIQA pass (haze on a blurred picture) cost up to 25 dB.
+            ident = rng.random(b) < ctx.a.air_identity_frac
+            wrong = [int(q) for q in rng.integers(0, len(CATEGORIES) - 2, b)]
+            no = CATEGORIES.index("no")
+            for r_ in np.nonzero(ident)[0]:
+                k_ = int(labels[idx[r_]])
+                others = [q for q in range(len(CATEGORIES)) if q != k_ and q != no]
+                ctxt[r_] = ps[others[wrong[r_] % len(others)]]
+                z0[r_] = zi[r_] * SCALE
         drop = rng.random(b)
+        if ctx.a.air_identity_frac > 0:
+            drop[ident] = 1.0  # an identity example keeps its prompt and its image latent
         null_text = torch.from_numpy((drop < 0.05) | ((drop >= 0.10) & (drop < 0.15)))
         zero_img = torch.from_numpy((drop >= 0.05) & (drop < 0.15))
         ctxt = torch.where(null_text[:, None, None], null.expand_as(ctxt), ctxt)
@@ -1338,6 +1385,68 @@ def stage_scm(ctx: Ctx, pre: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# import (fifth run: the training cache did not survive a change of machine)
+
+
+def stage_import(ctx: Ctx) -> None:
+    """Seeds the stage checkpoints from an exported folder (--import-from, default models/autodir-tiny), for
+    a machine without the training cache: vae, air, scm and biqastream (the shipped BIQA) become finished
+    stages holding the folder's F16 weights widened to float32, with the step counts, minutes and
+    validation figures of its training_info.json; biqa_final.pt holds the same CLIPModel (its text tower
+    is the one AIR was trained on; the first run's patch-32 vision tower is not in the folder) with the
+    biqa record's validation, so that load_biqa picks biqastream. scm.pt gets a fresh AdamW state, so the
+    scm stage continues from the shipped SCM (the cosine restarts over the new budget); air.pt likewise. The old
+    training_info.json is kept as imported_training_info.json: export carries its records of stages
+    whose checkpoints are not here (biqavis, biqano, ...). Pools and AIR samples are not imported:
+    their stages rebuild them deterministically. Refuses to overwrite an existing checkpoint."""
+    from safetensors.torch import load_file
+
+    src = ctx.a.import_from
+    info_path = os.path.join(src, "training_info.json")
+    if not os.path.exists(info_path):
+        raise SystemExit(f"import: {info_path} missing (not an exported autodir-tiny folder)")
+    info = json.load(open(info_path))
+    rec = info["stages"]
+    files = {"vae": ("vae", "diffusion_pytorch_model.safetensors", make_vae),
+             "air": ("unet", "diffusion_pytorch_model.safetensors", make_unet),
+             "scm": ("scm", "model.safetensors", make_scm),
+             "biqastream": ("clip", "model.safetensors", lambda: make_clip(rec["biqastream"]["vision_patch"]))}
+    targets = [f"{n}_final.pt" for n in files] + ["biqa_final.pt", "air.pt", "scm.pt"]
+    present = [t for t in targets if os.path.exists(ctx.path(t))]
+    if present:
+        raise SystemExit(f"import: {', '.join(present)} already in {ctx.dir}; remove them (or --redo) first")
+    for name, (sub, fname, maker) in files.items():
+        model = maker()
+        want = model.state_dict()
+        got = load_file(os.path.join(src, sub, fname))
+        # transformers leaves non-persistent buffers (position_ids) out of its files
+        missing = [k for k in want if k not in got and not k.endswith("position_ids")]
+        unexpected = [k for k in got if k not in want]
+        if missing or unexpected:
+            raise SystemExit(f"import: {sub}/{fname} does not match the {name} architecture: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model.load_state_dict({k: v.float() for k, v in got.items()}, strict=False)
+        r = rec[name]
+        ck = {"model": model.state_dict(), "step": r["steps"], "elapsed": r["minutes"] * 60, "val": r.get("val"),
+              "params": r["params"], "imported_from": src}
+        if r.get("vision_patch"):
+            ck["vision_patch"] = r["vision_patch"]
+        save_atomic(ctx.path(f"{name}_final.pt"), ck)
+        if name in ("air", "scm"):  # resumable as stages, with a fresh optimiser (as Trainer builds it)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.9) if name == "scm" else (0.9, 0.99))
+            state = {"step": r["steps"], "elapsed": r["minutes"] * 60, "history": []}
+            if name == "air":
+                state.update(vae_step=rec["vae"]["steps"], biqa_step=rec["biqa"]["steps"])
+            save_atomic(ctx.path(f"{name}.pt"), {"model": model.state_dict(), "opt": opt.state_dict(), "state": state})
+        if name == "biqastream":
+            b = rec["biqa"]
+            save_atomic(ctx.path("biqa_final.pt"), dict(ck, step=b["steps"], elapsed=b["minutes"] * 60,
+                                                        val=b.get("val"), params=b["params"]))
+        log(f"import: {name} <- {sub}/{fname} ({r['steps']} steps, {r['minutes']:.1f} min)")
+    shutil.copy(info_path, ctx.path("imported_training_info.json"))
+
+
+# ----------------------------------------------------------------------------------------------
 # export (the format of tools/fixtures/make_pipeline_fixture.py)
 
 
@@ -1393,10 +1502,10 @@ def stage_export(ctx: Ctx) -> None:
     for name, ck in (("air", ack), (scm_name, sck)):
         info["stages"][name] = rec(ck)
     # every BIQA phase that has run (the exported one: biqa_used)
-    for name in ("vae", "biqa", "biqavis", "biqano", "biqastream"):
+    for name in ("vae", "biqa", "biqavis", "biqano", "biqastream", "biqatone"):
         if os.path.exists(ctx.path(f"{name}_final.pt")):
             info["stages"][name] = rec(load_ckpt(ctx.path(f"{name}_final.pt")))
-    info["biqa_used"] = next(n for n in ("biqastream", "biqano", "biqavis", "biqa")
+    info["biqa_used"] = next(n for n in ("biqatone", "biqastream", "biqano", "biqavis", "biqa")
                              if n in info["stages"] and info["stages"][n]["steps"] == bck["step"]
                              and abs(info["stages"][n]["minutes"] - bck["elapsed"] / 60) < 1e-6)
     if scm_name == "scm":
@@ -1404,6 +1513,14 @@ def stage_export(ctx: Ctx) -> None:
         if pk is not None:
             info["stages"]["scmpre"] = {"params": pk["params"], "steps": pk["step"], "minutes": pk["elapsed"] / 60,
                                         "val": pk.get("val")}
+    imported = load_json(ctx.path("imported_training_info.json"))
+    if imported is not None:  # records of the stages whose checkpoints were not imported (stage_import)
+        for name, r in imported["stages"].items():
+            info["stages"].setdefault(name, r)
+        for k, v in imported.items():
+            if k not in ("stages", "biqa_used", "torch", "cpu", "folder_bytes"):
+                info.setdefault(k, v)
+        info["imported"] = "stages vae, biqa, air, scm and biqastream continued from the exported folder (stage import)"
     bpi = os.path.join(biqapool_dir(ctx), "info.json")
     if ctx.a.biqa_pool_size > 0 and os.path.exists(bpi):
         info["biqapool"] = json.load(open(bpi))
@@ -1415,6 +1532,10 @@ def stage_export(ctx: Ctx) -> None:
     if ctx.a.scm_airpool and os.path.exists(apool):
         info["airpool"] = {"n": sum(len(np.load(os.path.join(airpool_dir(ctx), f))["labels"])
                                     for f in os.listdir(airpool_dir(ctx)) if f.startswith("chunk_") and ".tmp" not in f)}
+    # fifth run: the export is given the training runs' settings, as for the SCM options above
+    for k in ("air_tone_pool", "airpool_tone", "biqa_jitter", "biqa_tone", "air_identity_frac"):
+        if getattr(ctx.a, k):
+            info[k] = getattr(ctx.a, k)
     asamp = load_ckpt(ctx.path("air_samples.pt"))
     if asamp is not None:
         info["airsamples"] = {"n": len(asamp["idx"]), "seconds": asamp["seconds"], "steps": asamp["key"]["steps"]}
@@ -1442,7 +1563,8 @@ def run_stage(ctx: Ctx, stage: str) -> None:
     torch.manual_seed(ctx.seed + SEED_ORDER.index(stage))
     {"pool": stage_pool, "biqapool": stage_biqapool, "vae": stage_vae, "biqa": stage_biqa, "air": stage_air,
      "biqavis": lambda c: stage_biqa(c, True), "biqano": lambda c: stage_biqa(c, True, restored=True),
-     "biqastream": lambda c: stage_biqa(c, stream=True), "airpool": stage_airpool,
+     "biqastream": lambda c: stage_biqa(c, stream=True), "biqatone": lambda c: stage_biqa(c, tone=True),
+     "airpool": stage_airpool, "import": stage_import,
      "scmpre": lambda c: stage_scm(c, True), "airsamples": stage_airsamples,
      "airwrong": stage_airwrong, "scm": lambda c: stage_scm(c, False), "export": stage_export}[stage](ctx)
     log(f"=== stage {stage} done in {(time.time() - t0) / 60:.1f} min")
@@ -1479,7 +1601,7 @@ def main(argv=None) -> None:
     ap.add_argument("--biqa-pool-size", type=int, default=12000,
                     help="pairs in biqavis's own pool (0: biqavis uses the shared pool)")
     ap.add_argument("--biqapool-part", default="0/1", help="K/N: this process makes chunks c %% N == K")
-    ap.add_argument("--biqa-final", default="auto", choices=["auto", "biqa", "biqavis", "biqano", "biqastream"],
+    ap.add_argument("--biqa-final", default="auto", choices=["auto", "biqa", "biqavis", "biqano", "biqastream", "biqatone"],
                     help="the BIQA used downstream (airsamples, export)")
     ap.add_argument("--biqavis-restored-frac", type=float, default=0.0,
                     help='biqavis: fraction of the "no" examples replaced by restored pool images (see restored_pool)')
@@ -1491,6 +1613,12 @@ def main(argv=None) -> None:
     ap.add_argument("--biqastream-lr", type=float, default=3e-4)
     ap.add_argument("--biqa-jitter", type=float, default=0.0,
                     help="biqastream: probability that a clean crop is given a photometric_jitter before degrading")
+    ap.add_argument("--biqa-tone", type=float, default=0.5,
+                    help="biqatone: probability that a clean crop of noise, blur, rain, low resolution or raindrop "
+                         "is given a global_tone (dark, pale or jittered) before degrading")
+    ap.add_argument("--biqatone-lr", type=float, default=2e-4)
+    ap.add_argument("--import-from", default=os.path.join(REPO, "models", "autodir-tiny"),
+                    help="import: the exported model folder whose weights seed the stage checkpoints")
     ap.add_argument("--biqavis-reinit", type=int, default=1,
                     help="1: biqavis starts a fresh vision tower with a DCT patch embedding; 0: continues biqa's")
     ap.add_argument("--air-batch", type=int, default=16)
@@ -1498,6 +1626,9 @@ def main(argv=None) -> None:
     ap.add_argument("--air-lr", type=float, default=5e-4)
     ap.add_argument("--air-zero-snr", type=float, default=0.25,
                     help="fraction of AIR samples trained at t=999 with no signal in z_t (see stage_air)")
+    ap.add_argument("--air-identity-frac", type=float, default=0.0,
+                    help="air (fifth run): fraction of samples whose prompt is an artifact the image does not have "
+                         "and whose target is the image itself")
     ap.add_argument("--air-tone-pool", type=int, default=0,
                     help="AIR also trains on this many pool pairs given a global_tone (fifth run; 0: none)")
     ap.add_argument("--airpool-tone", type=float, default=0.0,
@@ -1523,8 +1654,8 @@ def main(argv=None) -> None:
     ctx = Ctx(a)
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
     for s in stages:
-        if s not in STAGES:
-            raise SystemExit(f"unknown stage {s!r} (one of {STAGES})")
+        if s not in STAGES + EXTRA_STAGES:
+            raise SystemExit(f"unknown stage {s!r} (one of {STAGES + EXTRA_STAGES})")
     for s in filter(None, a.redo.split(",")):
         for f in (f"{s}.pt", f"{s}_final.pt"):
             if os.path.exists(ctx.path(f)):
@@ -1548,7 +1679,7 @@ def main(argv=None) -> None:
             clean.append(x)
         # each group: stage sequences run side by side as subprocesses (each re-reads this file)
         groups = [[["pool"]], [["vae"], ["biqa"]], [["air"], ["biqapool", "biqavis", "scmpre"]],
-                  [["airsamples", "airpool", "scm", "biqano", "biqastream", "export"]]]
+                  [["airsamples", "airpool", "scm", "biqano", "biqastream", "biqatone", "export"]]]
         for g in groups:
             g = [[s for s in seq if s in stages] for seq in g]
             g = [seq for seq in g if seq]
