@@ -1492,7 +1492,13 @@ def stage_export(ctx: Ctx) -> None:
     pool_info = ctx.path("pool_info.json")
     if os.path.exists(pool_info):
         info["pool"] = json.load(open(pool_info))
+    imported = load_json(ctx.path("imported_training_info.json"))
+
     def rec(ck):
+        if ck.get("imported_from") and imported is not None:  # not trained since stage_import: its own record
+            for name, r in imported["stages"].items():
+                if r["steps"] == ck["step"] and abs(r["minutes"] - ck["elapsed"] / 60) < 1e-6:
+                    return dict(r)
         r = {"params": ck["params"], "steps": ck["step"], "minutes": ck["elapsed"] / 60,
              "val": ck.get("val")}
         if ck.get("vision_patch"):
@@ -1513,14 +1519,14 @@ def stage_export(ctx: Ctx) -> None:
         if pk is not None:
             info["stages"]["scmpre"] = {"params": pk["params"], "steps": pk["step"], "minutes": pk["elapsed"] / 60,
                                         "val": pk.get("val")}
-    imported = load_json(ctx.path("imported_training_info.json"))
     if imported is not None:  # records of the stages whose checkpoints were not imported (stage_import)
         for name, r in imported["stages"].items():
             info["stages"].setdefault(name, r)
         for k, v in imported.items():
             if k not in ("stages", "biqa_used", "torch", "cpu", "folder_bytes"):
                 info.setdefault(k, v)
-        info["imported"] = "stages vae, biqa, air, scm and biqastream continued from the exported folder (stage import)"
+        info["imported"] = ("the checkpoints of vae, biqa, air, scm and biqastream were seeded from the exported "
+                            "folder (stage import); records of stages not trained since are the folder's own")
     bpi = os.path.join(biqapool_dir(ctx), "info.json")
     if ctx.a.biqa_pool_size > 0 and os.path.exists(bpi):
         info["biqapool"] = json.load(open(bpi))
@@ -1537,7 +1543,7 @@ def stage_export(ctx: Ctx) -> None:
         if getattr(ctx.a, k):
             info[k] = getattr(ctx.a, k)
     asamp = load_ckpt(ctx.path("air_samples.pt"))
-    if asamp is not None:
+    if asamp is not None and asamp.get("done"):
         info["airsamples"] = {"n": len(asamp["idx"]), "seconds": asamp["seconds"], "steps": asamp["key"]["steps"]}
     for d, _, fs in os.walk(out):
         for f in fs:
