@@ -79,9 +79,10 @@ Stages (each resumable; per-stage checkpoints in <cache>/autodir-tiny/, default
            Skipped at 0 minutes (the default).
   export   models/autodir-tiny (F16 tensors), model_index.json, MODEL_CARD.md skeleton (the validation
            table is filled by `python -m training.evaluate --write-card`).
-  import   (only when named in --stages) seeds the checkpoints of vae, biqa, biqastream, air and scm from an
-           exported folder (--import-from, default models/autodir-tiny), for a machine without the training
-           cache (stage_import); the stages after it continue the shipped model.
+  import   (only when named in --stages; runs first, in one process) seeds the checkpoints of vae, biqa,
+           air, scm and the shipped BIQA phase from an exported folder (--import-from, default
+           models/autodir-tiny), for a machine without the training cache (stage_import); the stages after
+           it continue the shipped model.
 
 AIR option (fifth run): --air-identity-frac F makes a fraction F of AIR's samples "identity" examples: the
 prompt of an artifact the image does not have (never "no") and the image's own latent as the target, no
@@ -985,6 +986,8 @@ def stage_air(ctx: Ctx) -> None:
             # fifth run: under the prompt of an artifact the image does not have, AIR keeps the image (the
             # target is the input's own latent). A wrong BIQA pass (haze on a blurred picture) cost up to 25 dB.
             ident = rng.random(b) < ctx.a.air_identity_frac
+            # one of the first 6 other artifacts (as the fifth run was trained: for a "no" image, which has 7,
+            # raindrop is never the wrong prompt)
             wrong = [int(q) for q in rng.integers(0, len(CATEGORIES) - 2, b)]
             no = CATEGORIES.index("no")
             for r_ in np.nonzero(ident)[0]:
@@ -1390,12 +1393,13 @@ def stage_scm(ctx: Ctx, pre: bool) -> None:
 
 def stage_import(ctx: Ctx) -> None:
     """Seeds the stage checkpoints from an exported folder (--import-from, default models/autodir-tiny), for
-    a machine without the training cache: vae, air, scm and biqastream (the shipped BIQA) become finished
-    stages holding the folder's F16 weights widened to float32, with the step counts, minutes and
-    validation figures of its training_info.json; biqa_final.pt holds the same CLIPModel (its text tower
-    is the one AIR was trained on; the first run's patch-32 vision tower is not in the folder) with the
-    biqa record's validation, so that load_biqa picks biqastream. scm.pt gets a fresh AdamW state, so the
-    scm stage continues from the shipped SCM (the cosine restarts over the new budget); air.pt likewise. The old
+    a machine without the training cache: vae, air, scm and the shipped BIQA phase (training_info's
+    biqa_used: biqastream or biqatone) become finished stages holding the folder's F16 weights widened to
+    float32, with the step counts, minutes and validation figures of its training_info.json; biqa_final.pt
+    holds the same CLIPModel (its text tower is the one AIR was trained on; the first run's patch-32 vision
+    tower is not in the folder) with the biqa record's validation, so that load_biqa picks the shipped
+    phase. air.pt, scm.pt and the BIQA phase's .pt get a fresh AdamW state, so those stages continue from
+    the shipped weights (the cosine restarts over the new budget). The old
     training_info.json is kept as imported_training_info.json: export carries its records of stages
     whose checkpoints are not here (biqavis, biqano, ...). Pools and AIR samples are not imported:
     their stages rebuild them deterministically. Refuses to overwrite an existing checkpoint."""
@@ -1407,11 +1411,15 @@ def stage_import(ctx: Ctx) -> None:
         raise SystemExit(f"import: {info_path} missing (not an exported autodir-tiny folder)")
     info = json.load(open(info_path))
     rec = info["stages"]
+    biqa_used = info.get("biqa_used", "biqastream")  # the BIQA phase whose tower the folder holds
+    if biqa_used not in ("biqastream", "biqatone"):
+        raise SystemExit(f"import: the folder's BIQA is {biqa_used!r}; only biqastream / biqatone towers are importable")
     files = {"vae": ("vae", "diffusion_pytorch_model.safetensors", make_vae),
              "air": ("unet", "diffusion_pytorch_model.safetensors", make_unet),
              "scm": ("scm", "model.safetensors", make_scm),
-             "biqastream": ("clip", "model.safetensors", lambda: make_clip(rec["biqastream"]["vision_patch"]))}
-    targets = [f"{n}_final.pt" for n in files] + ["biqa_final.pt", "air.pt", "scm.pt"]
+             biqa_used: ("clip", "model.safetensors", lambda: make_clip(rec[biqa_used]["vision_patch"]))}
+    resumable = ("air", "scm", biqa_used)
+    targets = [f"{n}_final.pt" for n in files] + ["biqa_final.pt"] + [f"{n}.pt" for n in resumable]
     present = [t for t in targets if os.path.exists(ctx.path(t))]
     if present:
         raise SystemExit(f"import: {', '.join(present)} already in {ctx.dir}; remove them (or --redo) first")
@@ -1432,13 +1440,13 @@ def stage_import(ctx: Ctx) -> None:
         if r.get("vision_patch"):
             ck["vision_patch"] = r["vision_patch"]
         save_atomic(ctx.path(f"{name}_final.pt"), ck)
-        if name in ("air", "scm"):  # resumable as stages, with a fresh optimiser (as Trainer builds it)
+        if name in resumable:  # resumable as stages, with a fresh optimiser (as Trainer builds it)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.9) if name == "scm" else (0.9, 0.99))
             state = {"step": r["steps"], "elapsed": r["minutes"] * 60, "history": []}
             if name == "air":
                 state.update(vae_step=rec["vae"]["steps"], biqa_step=rec["biqa"]["steps"])
             save_atomic(ctx.path(f"{name}.pt"), {"model": model.state_dict(), "opt": opt.state_dict(), "state": state})
-        if name == "biqastream":
+        if name == biqa_used:
             b = rec["biqa"]
             save_atomic(ctx.path("biqa_final.pt"), dict(ck, step=b["steps"], elapsed=b["minutes"] * 60,
                                                         val=b.get("val"), params=b["params"]))
@@ -1496,7 +1504,7 @@ def stage_export(ctx: Ctx) -> None:
 
     def rec(ck):
         if ck.get("imported_from") and imported is not None:  # not trained since stage_import: its own record
-            for name, r in imported["stages"].items():
+            for r in imported["stages"].values():
                 if r["steps"] == ck["step"] and abs(r["minutes"] - ck["elapsed"] / 60) < 1e-6:
                     return dict(r)
         r = {"params": ck["params"], "steps": ck["step"], "minutes": ck["elapsed"] / 60,
@@ -1525,7 +1533,7 @@ def stage_export(ctx: Ctx) -> None:
         for k, v in imported.items():
             if k not in ("stages", "biqa_used", "torch", "cpu", "folder_bytes"):
                 info.setdefault(k, v)
-        info["imported"] = ("the checkpoints of vae, biqa, air, scm and biqastream were seeded from the exported "
+        info["imported"] = ("the checkpoints of vae, biqa, air, scm and the shipped BIQA phase were seeded from the exported "
                             "folder (stage import); records of stages not trained since are the folder's own")
     bpi = os.path.join(biqapool_dir(ctx), "info.json")
     if ctx.a.biqa_pool_size > 0 and os.path.exists(bpi):
@@ -1668,6 +1676,9 @@ def main(argv=None) -> None:
                 os.remove(ctx.path(f))
                 log(f"removed {ctx.path(f)}")
     log(f"autodir-tiny: stages {stages}, minutes {ctx.minutes}, cache {ctx.dir}, seed {a.seed}")
+    if "import" in stages:  # first, in this process (it is in none of the --jobs groups)
+        run_stage(ctx, "import")
+        stages.remove("import")
     if a.jobs > 1:
         base = [sys.executable, "-m", "training.train_autodir_tiny"] + [x for x in (argv or sys.argv[1:])]
         # drop --jobs / --stages / --redo from the child command lines

@@ -70,7 +70,9 @@ final class PoolProcessTests: XCTestCase {
         Pool.waitStatus(cp) { Pool.workers($0) == 1 }
         let client = try PoolClient(endpoint: Pool.endpoint(cp), timeoutMs: 3000, retries: 2)
         let (payload, data) = Pool.tensor(tag: 7)
-        try client.send(op: "sleep", payload: payload, data: data, options: ["ms": 800, "step_ms": 50], id: "long")
+        // 3 s: long enough that starting the survivor process and killing "doomed" happen while the job still
+        // runs, even on a loaded machine (with 0.8 s the job sometimes finished on "doomed" first)
+        try client.send(op: "sleep", payload: payload, data: data, options: ["ms": 3000, "step_ms": 50], id: "long")
         // Wait for progress: the job is running on "doomed".
         var sawProgress = false
         while let m = try client.next(timeoutMs: 2000) {
