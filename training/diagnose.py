@@ -45,6 +45,9 @@ def main(argv=None):
     ap.add_argument("--per-class", type=int, default=6)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--split", default="val", choices=["val", "train"],
+                    help="train: the same measurement on crops of the TRAINING pictures (how much the stages "
+                         "lose from the pictures they were trained on to held-out ones)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -54,7 +57,8 @@ def main(argv=None):
         minutes_per_stage = None
 
     ref = load_reference(a.model)
-    clean, deg, lab = val_pairs(Ctx(_A), n_per=a.per_class, size=a.size, seed=97531, texture=True)
+    clean, deg, lab = val_pairs(Ctx(_A), n_per=a.per_class, size=a.size, seed=97531, texture=True,
+                                split=a.split)
     steps = ref.defaults["steps"]
     smax = ref.model_wrap.get_sigmas(steps)[:1].to(ref.dtype)
     rows = {c: {k: [] for k in COLUMNS + ["biqa-right"]} for c in DEGS}
@@ -83,7 +87,7 @@ def main(argv=None):
             r["scm"].append(pm1_psnr(scm, c8))
             r["biqa-right"].append(detected == kind)
 
-    print(f"per-stage PSNR (dB), {a.per_class} validation images of {a.size}x{a.size} per degradation, "
+    print(f"per-stage PSNR (dB), {a.per_class} {'validation' if a.split == 'val' else 'TRAINING-picture'} images of {a.size}x{a.size} per degradation, "
           f"one pass under the true prompt, {steps} steps:")
     print(f"{'degradation':15s}" + "".join(f"{c:>12s}" for c in COLUMNS) + "  biqa-right")
     for c in DEGS:

@@ -474,11 +474,13 @@ class Trainer:
         self.checkpoint()
 
 
-def val_pairs(ctx: Ctx, n_per: int = 16, size: int = 224, seed: int = 4321, texture: bool = True):
+def val_pairs(ctx: Ctx, n_per: int = 16, size: int = 224, seed: int = 4321, texture: bool = True,
+              split: str = "val"):
     """Fixed validation pairs from the VALIDATION split (uint8), n_per per category, category-major.
     texture: the crop-level texture rule of training/degradations.py for blur, low resolution and
-    raindrop (the third run's validation; False gives the first two runs' crops)."""
-    ds = PhotoSet("val", ctx.cache, log=lambda *a: None)
+    raindrop (the third run's validation; False gives the first two runs' crops). split "train" draws the
+    same kind of pairs from the training pictures instead (diagnose.py's generalisation check)."""
+    ds = PhotoSet(split, ctx.cache, log=lambda *a: None)
     sampler = PatchSampler(ds.images, patch=size, min_scale=1.0, max_scale=3.0, augment=False)
     clean, deg, lab = [], [], []
     for k, cat in enumerate(CATEGORIES):
@@ -1221,8 +1223,8 @@ def stage_airpool(ctx: Ctx) -> None:
             mt = degradations.min_texture(CATEGORIES[k]) or (degradations.MIN_TEXTURE if rng.random() < 0.5 else 0.0)
             clean[j], deg[j] = fresh_pair(sampler, rng, k, min_texture=mt)
             if ctx.a.airpool_tone > 0 and CATEGORIES[k] not in TONE_FREE and rng.random() < ctx.a.airpool_tone:
-                c, d = global_tone([clean[j] / 255.0, deg[j] / 255.0], rng)
-                clean[j], deg[j] = (c * 255 + 0.5).astype(np.uint8), (d * 255 + 0.5).astype(np.uint8)
+                tc, td = global_tone([clean[j] / 255.0, deg[j] / 255.0], rng)  # (d is the chunk folder)
+                clean[j], deg[j] = (tc * 255 + 0.5).astype(np.uint8), (td * 255 + 0.5).astype(np.uint8)
             labels[j] = k
             if i % 3 == 0:
                 opts = [q for q in range(len(CATEGORIES) - 1) if q != k and q != lr]
