@@ -10,8 +10,8 @@ OTHER category can produce, and prints how close it is:
 
 Distances are PSNR (dB, 8-bit) between the two degraded images; "input" is the degradation itself (the
 degraded image against the clean crop). When the two categories' images are much closer to each other
-than to the clean crop, a classifier that sees only the degraded image cannot tell them apart reliably,
-however it is trained. With --model, the BIQA's reading of each crop is printed beside it.
+than to the clean crop, a classifier that sees only the degraded image has little left to tell them apart
+by, however it is trained. With --model, the BIQA's reading of each crop is printed beside it.
 
 Usage (repository root):  /work/venv/bin/python -m training.overlap [--model models/autodir-tiny]
 """
