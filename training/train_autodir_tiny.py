@@ -476,7 +476,7 @@ class Trainer:
 
 def val_pairs(ctx: Ctx, n_per: int = 16, size: int = 224, seed: int = 4321, texture: bool = True,
               split: str = "val"):
-    """Fixed validation pairs from the VALIDATION split (uint8), n_per per category, category-major.
+    """Fixed pairs (uint8) from the validation split (or `split`), n_per per category, category-major.
     texture: the crop-level texture rule of training/degradations.py for blur, low resolution and
     raindrop (the third run's validation; False gives the first two runs' crops). split "train" draws the
     same kind of pairs from the training pictures instead (diagnose.py's generalisation check)."""
